@@ -1,0 +1,91 @@
+"""Python API: the verbs the CLI calls, usable on any ``nn.Module``.
+
+cm = compress(model, config)          # weights shared in place, codes returned
+save(cm, "model.dkm")                 # real file: centers + rANS-coded indexes + the rest
+model = load("model.dkm")             # a runnable module again (pass ``model=`` for your own class)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepkmeans.codec import model_file
+from deepkmeans.codec.container import MAGIC
+from deepkmeans.codec.model_file import CompressedModel
+from deepkmeans.compress import Accounting, account, compress
+from deepkmeans.errors import DeepKMeansError, FormatError
+from deepkmeans.models import build_model
+from deepkmeans.regularize.regularizer import KMeansRegularizer
+from deepkmeans.train import load_checkpoint
+
+__all__ = [
+    "Accounting",
+    "CompressedModel",
+    "KMeansRegularizer",
+    "account",
+    "compress",
+    "is_compressed_file",
+    "load",
+    "load_compressed",
+    "load_model_file",
+    "save",
+]
+
+
+def save(cm: CompressedModel, path: str | Path) -> int:
+    """Write a compressed model file (atomically); returns its size in bytes."""
+    return model_file.save(cm, path)
+
+
+def load_compressed(path: str | Path) -> CompressedModel:
+    """Read a compressed file into its data form (centers, assignments, other tensors)."""
+    return model_file.load(path)
+
+
+def _restore(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise FormatError(f"{source}: tensors do not fit the model ({first[0] if first else exc})") from None
+    return model
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """Rebuild a runnable model from a compressed file; ``model`` supplies the architecture if given."""
+    cm = load_compressed(path)
+    if model is None:
+        name = cm.model.get("name")
+        if not isinstance(name, str):
+            raise FormatError(f"{path}: file names no built-in architecture; pass model= to load it")
+        model = build_model(name)
+    return _restore(model, cm.state_dict(), str(path))
+
+
+def is_compressed_file(path: str | Path) -> bool:
+    """True when ``path`` starts with the compressed-file magic bytes."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any], CompressedModel | None]:
+    """Load either a compressed file or a training checkpoint: (model, meta, compressed-or-None)."""
+    path = Path(path)
+    if not path.exists():
+        raise DeepKMeansError(f"{path}: no such file")
+    if is_compressed_file(path):
+        cm = load_compressed(path)
+        return load(path), dict(cm.model), cm
+    state = load_checkpoint(path)
+    meta = dict(state.get("meta", {}))
+    name = meta.get("model")
+    if not isinstance(name, str):
+        raise DeepKMeansError(f"{path}: checkpoint does not name its model architecture")
+    return _restore(build_model(name), state["model"], str(path)), meta, None

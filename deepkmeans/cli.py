@@ -1,0 +1,248 @@
+"""Command-line interface: argument parsing only; every verb calls the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from deepkmeans.errors import DeepKMeansError
+
+DESCRIPTION = """Compress CNNs by k-means weight sharing of filter rows (Deep k-Means, ICML 2018).
+
+Typical flow:  deepkmeans run                       # whole pipeline, default LeNet-5-Caffe on MNIST
+               deepkmeans train -o dense.ckpt       # or stage by stage
+               deepkmeans retrain dense.ckpt -o retrained.ckpt
+               deepkmeans compress retrained.ckpt -o model.dkm
+               deepkmeans evaluate model.dkm
+"""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML run config (default: built-in LeNet-5-Caffe / MNIST)")
+    p.add_argument("--data-dir", help="dataset directory (MNIST IDX files or cifar-10-batches-py)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default from config: auto)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deepkmeans", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="the whole pipeline on a config (default: LeNet-5-Caffe on MNIST)")
+    p.add_argument("config_file", nargs="?", metavar="CONFIG", help="YAML run config")
+    p.add_argument("--quick", action="store_true", help="smoke run: small data subset, 1 epoch per stage")
+    p.add_argument("--out-dir", help="run folder (default from config)")
+    p.add_argument("--data-dir", help="dataset directory (MNIST IDX files or cifar-10-batches-py)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("train", help="pre-train the config's model (resumes if the checkpoint exists)")
+    _common(p)
+    p.add_argument("-o", "--output", default="dense.ckpt", help="checkpoint path (default: dense.ckpt)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+
+    p = sub.add_parser(
+        "retrain", help="Deep k-Means re-training of a checkpoint with the k-means regularizer"
+    )
+    p.add_argument("checkpoint", help="pre-trained checkpoint")
+    _common(p)
+    p.add_argument(
+        "-o", "--output", default="retrained.ckpt", help="checkpoint path (default: retrained.ckpt)"
+    )
+    p.add_argument("--method", choices=["kmeans", "spectral", "none"], help="override retrain.method")
+    p.add_argument("--epochs", type=int, help="override retrain.epochs")
+    p.add_argument("--lam", type=float, help="override retrain.lam")
+
+    p = sub.add_parser("compress", help="weight-share a checkpoint and write a compressed file")
+    p.add_argument("checkpoint", help="checkpoint to compress")
+    p.add_argument("--config", help="YAML run config with compress.layers (default: built-in)")
+    p.add_argument("-o", "--output", default="model.dkm", help="compressed file (default: model.dkm)")
+
+    p = sub.add_parser(
+        "evaluate", help="test accuracy and per-layer compression table of a file or checkpoint"
+    )
+    p.add_argument("file", help="compressed file (.dkm) or checkpoint")
+    p.add_argument("--data-dir", help="dataset directory")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    return parser
+
+
+def _config(args: argparse.Namespace):
+    from deepkmeans.config import load_config
+
+    cfg = load_config(getattr(args, "config", None) or getattr(args, "config_file", None))
+    if getattr(args, "data_dir", None):
+        cfg = replace(cfg, data_dir=args.data_dir)
+    if getattr(args, "device", None):
+        cfg = replace(cfg, device=args.device)
+    return cfg
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from deepkmeans.pipeline import run
+
+    cfg = _config(args)
+    if args.out_dir:
+        cfg = replace(cfg, out_dir=args.out_dir)
+    run(cfg, quick=args.quick, progress=not args.no_progress)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from deepkmeans.data import load_data
+    from deepkmeans.models import build_model
+    from deepkmeans.train import fit, pick_device
+
+    cfg = _config(args)
+    tcfg = cfg.train if args.epochs is None else replace(cfg.train, epochs=args.epochs)
+    tcfg.validate()
+    train, test = load_data(cfg.dataset, cfg.data_dir, tcfg.batch_size, cfg.seed)
+    device = pick_device(cfg.device)
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model)
+    fit(
+        model,
+        train,
+        test,
+        tcfg,
+        device,
+        args.output,
+        meta={"model": cfg.model, "dataset": cfg.dataset},
+        desc="pretrain",
+    )
+    print(f"wrote {args.output}")
+
+
+def cmd_retrain(args: argparse.Namespace) -> None:
+    from deepkmeans.api import load_model_file
+    from deepkmeans.compress import resolve_specs
+    from deepkmeans.data import load_data
+    from deepkmeans.pipeline import layer_hardness
+    from deepkmeans.regularize.regularizer import KMeansRegularizer
+    from deepkmeans.train import fit, pick_device
+
+    cfg = _config(args)
+    overrides = {
+        k: v
+        for k, v in (("method", args.method), ("epochs", args.epochs), ("lam", args.lam))
+        if v is not None
+    }
+    rcfg = replace(cfg.retrain, **overrides)
+    rcfg.validate()
+    model, meta, _ = load_model_file(args.checkpoint)
+    device = pick_device(cfg.device)
+    train, test = load_data(meta.get("dataset", cfg.dataset), cfg.data_dir, rcfg.batch_size, cfg.seed)
+    model.to(device)
+    specs = resolve_specs(model, cfg.compress.layers)
+    reg = None
+    if rcfg.method != "none":
+        reg = KMeansRegularizer(
+            model, cfg.compress.layers, rcfg.method, rcfg.lam, rcfg.refresh_every, cfg.compress.seed
+        )
+
+    def track(m, log):
+        log.extra["hardness"] = layer_hardness(m, specs, cfg.compress.seed)
+        print("  hardness " + ", ".join(f"{k} {v:.4f}" for k, v in log.extra["hardness"].items()))
+
+    fit(
+        model,
+        train,
+        test,
+        rcfg,
+        device,
+        args.output,
+        regularizer=reg,
+        on_epoch=track,
+        meta=meta,
+        desc=f"retrain[{rcfg.method}]",
+    )
+    print(f"wrote {args.output}")
+
+
+def cmd_compress(args: argparse.Namespace) -> None:
+    from deepkmeans import api
+    from deepkmeans.report.tables import layer_table, ratio_summary
+
+    cfg = _config(args)
+    model, meta, _ = api.load_model_file(args.checkpoint)
+    model.cpu()
+    cm = api.compress(model, cfg.compress, {"name": meta.get("model"), "dataset": meta.get("dataset")})
+    size = api.save(cm, args.output)
+    acc = api.account(model, cm, size)
+    print(layer_table(acc))
+    print(ratio_summary(acc))
+    print(f"wrote {args.output} ({size} bytes)")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from deepkmeans import api
+    from deepkmeans.codec.model_file import CompressedModel
+    from deepkmeans.data import load_data
+    from deepkmeans.report.tables import layer_table, ratio_summary
+    from deepkmeans.train import evaluate, pick_device
+
+    model, meta, cm = api.load_model_file(args.file)
+    dataset = meta.get("dataset")
+    if not isinstance(dataset, str):
+        raise DeepKMeansError(f"{args.file}: does not name its dataset")
+    device = pick_device(args.device)
+    _, test = load_data(dataset, args.data_dir, 256)
+    loss, acc_value = evaluate(model.to(device), test, device)
+    model.cpu()
+    accounting = api.account(
+        model, cm or CompressedModel({}, {}), Path(args.file).stat().st_size if cm else None
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "file": args.file,
+                    "test_acc": acc_value,
+                    "test_loss": loss,
+                    "paper_cr": accounting.paper_cr,
+                    "file_cr": accounting.file_cr,
+                    "file_bytes": accounting.file_bytes,
+                    "dense_bytes": accounting.dense_bytes,
+                    "layers": [vars(la) for la in accounting.layers],
+                },
+                indent=2,
+            )
+        )
+        return
+    print(
+        f"{args.file}: {meta.get('model')} on {dataset}: test accuracy {100 * acc_value:.2f}%, loss {loss:.4f}"
+    )
+    print(layer_table(accounting))
+    print(ratio_summary(accounting))
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "train": cmd_train,
+    "retrain": cmd_retrain,
+    "compress": cmd_compress,
+    "evaluate": cmd_evaluate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user mistakes end in one line on stderr and exit code 2, never a traceback."""
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.command](args)
+    except DeepKMeansError as exc:
+        print(f"deepkmeans: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "deepkmeans: interrupted (checkpoints are saved after each epoch; rerun to resume)",
+            file=sys.stderr,
+        )
+        return 130
+    return 0

@@ -1,0 +1,103 @@
+"""The compressed-file container: a 24-byte header, then a safetensors payload.
+
+Layout (little endian)::
+
+    magic   4 bytes  b"DKMC"
+    version u16      FORMAT_VERSION
+    flags   u16      0 (reserved)
+    crc32   u32      CRC-32 of the payload
+    length  u64      payload length in bytes
+    reserved u32     0
+    payload          safetensors bytes; its ``__metadata__`` holds one JSON document under "deepkmeans"
+
+safetensors gives a loader that never executes code; the header lets us reject foreign, truncated or
+corrupted files with a precise message before parsing anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.numpy
+
+from deepkmeans.errors import FormatError
+
+MAGIC = b"DKMC"
+FORMAT_VERSION = 1
+_HEADER = struct.Struct("<4sHHIQI")
+HEADER_SIZE = _HEADER.size
+META_KEY = "deepkmeans"
+
+
+def pack(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> bytes:
+    """Serialize metadata + named arrays into container bytes (deterministic for equal inputs)."""
+    doc = json.dumps(meta, sort_keys=True, separators=(",", ":"))
+    payload = safetensors.numpy.save(
+        {k: np.ascontiguousarray(v) for k, v in tensors.items()}, {META_KEY: doc}
+    )
+    return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, zlib.crc32(payload), len(payload), 0) + payload
+
+
+def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Parse container bytes; every defect becomes a :class:`FormatError` naming ``source``."""
+    if len(data) < HEADER_SIZE:
+        raise FormatError(f"{source}: file is truncated ({len(data)} bytes; not a deepkmeans file?)")
+    magic, version, _flags, crc, length, _reserved = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FormatError(f"{source}: not a deepkmeans compressed file (bad magic {magic!r})")
+    if version != FORMAT_VERSION:
+        raise FormatError(
+            f"{source}: format version {version} is not supported (this build reads version {FORMAT_VERSION})"
+        )
+    payload = data[HEADER_SIZE:]
+    if len(payload) != length:
+        raise FormatError(f"{source}: file is truncated or padded ({len(payload)} of {length} payload bytes)")
+    if zlib.crc32(payload) != crc:
+        raise FormatError(f"{source}: checksum mismatch, the file is corrupt")
+    try:
+        tensors = safetensors.numpy.load(payload)
+        header_len = struct.unpack_from("<Q", payload)[0]
+        header = json.loads(payload[8 : 8 + header_len])
+        meta = json.loads(header["__metadata__"][META_KEY])
+    except Exception as exc:  # noqa: BLE001 - any parse failure of untrusted bytes is a format error
+        raise FormatError(f"{source}: malformed payload ({type(exc).__name__}: {exc})") from None
+    if not isinstance(meta, dict):
+        raise FormatError(f"{source}: malformed metadata")
+    return meta, tensors
+
+
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes so that ``path`` holds either the old or the complete new content, never a mix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Read and parse a container file."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory, not a compressed file") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
+    return unpack(data, str(path))

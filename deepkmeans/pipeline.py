@@ -1,0 +1,189 @@
+"""The main job: pre-train -> compress (no re-training) -> Deep k-Means re-train -> compress -> evaluate."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepkmeans import api
+from deepkmeans.cluster.quantize import hardness
+from deepkmeans.codec.container import write_atomic
+from deepkmeans.compress import ResolvedSpec, cluster_layer, layer_seed, resolve_specs, shareable_layers
+from deepkmeans.config import RunConfig, to_dict
+from deepkmeans.data import Batches, load_data
+from deepkmeans.models import build_model
+from deepkmeans.regularize.regularizer import KMeansRegularizer
+from deepkmeans.report.tables import layer_table, ratio_summary
+from deepkmeans.train import EpochLog, evaluate, fit, pick_device
+
+QUICK_LIMIT = 6000
+
+
+def layer_hardness(model: nn.Module, specs: dict[str, ResolvedSpec], seed: int) -> dict[str, float]:
+    """||W - Q(W)||_F / ||W||_F per layer, with Q the exact compression step."""
+    modules = shareable_layers(model)
+    out = {}
+    for name, spec in specs.items():
+        weight = modules[name].weight.detach().float()
+        code = cluster_layer(weight, spec, layer_seed(seed, name))
+        out[name] = 0.0 if code is None else hardness(weight, code.weight().to(weight))
+    return out
+
+
+@dataclass
+class StageResult:
+    """Accuracy and sizes of one compressed model."""
+
+    test_acc: float
+    test_loss: float
+    paper_cr: float
+    file_cr: float
+    file_bytes: int
+    path: str
+
+
+def compress_and_measure(
+    model: nn.Module, cfg: RunConfig, test: Batches, device: torch.device, path: Path
+) -> tuple[StageResult, str]:
+    """Compress a copy of ``model``, write the file, reload it from disk and evaluate the reloaded model."""
+    shared = copy.deepcopy(model).cpu()
+    cm = api.compress(shared, cfg.compress, {"name": cfg.model, "dataset": cfg.dataset})
+    size = api.save(cm, path)
+    reloaded = api.load(path).to(device)
+    loss, acc = evaluate(reloaded, test, device)
+    accounting = api.account(shared, cm, size)
+    table = layer_table(accounting) + "\n\n" + ratio_summary(accounting)
+    return StageResult(acc, loss, accounting.paper_cr, accounting.file_cr or 0.0, size, str(path)), table
+
+
+def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run the whole pipeline into ``cfg.out_dir``; returns the metrics also written to metrics.json."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if quick:
+        cfg = replace(
+            cfg,
+            train=replace(cfg.train, epochs=min(cfg.train.epochs, 1)),
+            retrain=replace(cfg.retrain, epochs=min(cfg.retrain.epochs, 1)),
+        )
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    started = time.perf_counter()
+    train, test = load_data(
+        cfg.dataset, cfg.data_dir, cfg.train.batch_size, cfg.seed, QUICK_LIMIT if quick else None
+    )
+    meta = {"model": cfg.model, "dataset": cfg.dataset}
+    model = build_model(cfg.model).to(device)
+    specs = resolve_specs(model, cfg.compress.layers)
+
+    pretrain_log = fit(
+        model,
+        train,
+        test,
+        cfg.train,
+        device,
+        out / "pretrain.ckpt",
+        meta=meta,
+        desc="pretrain",
+        progress=progress,
+    )
+    dense_loss, dense_acc = evaluate(model, test, device)
+    print(f"dense model: test accuracy {100 * dense_acc:.2f}% (loss {dense_loss:.4f})")
+
+    base, base_table = compress_and_measure(model, cfg, test, device, out / "no_retrain.dkm")
+    print(
+        f"compressed without re-training: test accuracy {100 * base.test_acc:.2f}%,"
+        f" paper CR {base.paper_cr:.1f}x, file CR {base.file_cr:.1f}x"
+    )
+
+    retrain_log: list[EpochLog] = []
+    final, final_table = base, base_table
+    hard0 = layer_hardness(model, specs, cfg.compress.seed)
+    if cfg.retrain.epochs > 0:
+        rcfg = cfg.retrain
+        reg = None
+        if rcfg.method != "none":
+            reg = KMeansRegularizer(
+                model, cfg.compress.layers, rcfg.method, rcfg.lam, rcfg.refresh_every, cfg.compress.seed
+            )
+
+        def track(m: nn.Module, log: EpochLog) -> None:
+            log.extra["hardness"] = layer_hardness(m, specs, cfg.compress.seed)
+
+        train.batch_size = rcfg.batch_size
+        retrain_log = fit(
+            model,
+            train,
+            test,
+            rcfg,
+            device,
+            out / "retrain.ckpt",
+            regularizer=reg,
+            on_epoch=track,
+            meta=meta,
+            desc=f"retrain[{rcfg.method}]",
+            progress=progress,
+        )
+        final, final_table = compress_and_measure(model, cfg, test, device, out / "model.dkm")
+        print(f"re-trained ({rcfg.method}) + compressed: test accuracy {100 * final.test_acc:.2f}%")
+    print(final_table)
+
+    metrics = {
+        "config": to_dict(cfg),
+        "quick": quick,
+        "device": str(device),
+        "dense": {"test_acc": dense_acc, "test_loss": dense_loss},
+        "compressed_no_retrain": asdict(base),
+        "compressed": asdict(final),
+        "hardness_before_retrain": hard0,
+        "pretrain_log": [asdict(e) for e in pretrain_log],
+        "retrain_log": [asdict(e) for e in retrain_log],
+        "seconds": time.perf_counter() - started,
+    }
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2).encode())
+    write_atomic(out / "report.md", _report(cfg, metrics, final_table).encode())
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({metrics['seconds']:.0f}s)")
+    return metrics
+
+
+def _report(cfg: RunConfig, m: dict[str, Any], table: str) -> str:
+    base, final = m["compressed_no_retrain"], m["compressed"]
+    lines = [
+        f"# deepkmeans run: {cfg.model} on {cfg.dataset}",
+        "",
+        "| model | test accuracy | paper CR | file CR |",
+        "|---|---|---|---|",
+        f"| dense | {100 * m['dense']['test_acc']:.2f}% | 1x | 1x |",
+        f"| compressed, no re-training | {100 * base['test_acc']:.2f}% "
+        f"| {base['paper_cr']:.1f}x | {base['file_cr']:.1f}x |",
+    ]
+    if m["retrain_log"]:
+        lines.append(
+            f"| re-trained ({cfg.retrain.method}) + compressed | {100 * final['test_acc']:.2f}% "
+            f"| {final['paper_cr']:.1f}x | {final['file_cr']:.1f}x |"
+        )
+    lines += ["", "## Layers (final compressed model)", "", table, ""]
+    if m["retrain_log"]:
+        names = list(m["hardness_before_retrain"])
+        lines += ["## Hardness ||W - Q(W)|| / ||W|| per re-training epoch", ""]
+        lines.append("| epoch | test acc (dense) | penalty | " + " | ".join(names) + " |")
+        lines.append("|---" * (3 + len(names)) + "|")
+        lines.append(
+            "| 0 | - | - | " + " | ".join(f"{m['hardness_before_retrain'][n]:.4f}" for n in names) + " |"
+        )
+        for e in m["retrain_log"]:
+            h = e["extra"].get("hardness", {})
+            lines.append(
+                f"| {e['epoch']} | {100 * e['test_acc']:.2f}% | {e['penalty']:.4g} | "
+                + " | ".join(f"{h.get(n, float('nan')):.4f}" for n in names)
+                + " |"
+            )
+    lines += ["", f"Total time {m['seconds']:.0f}s on {m['device']}.", ""]
+    return "\n".join(lines)

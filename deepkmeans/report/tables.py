@@ -1,0 +1,41 @@
+"""Plain-text / markdown tables of what compression did, layer by layer."""
+
+from __future__ import annotations
+
+from deepkmeans.compress import Accounting
+
+
+def _fmt(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def layer_table(acc: Accounting) -> str:
+    """Markdown table: rows N, d, K, p, entropy H and real coded bits per index, bits, memory share."""
+    total_before, total_after = acc.bits_before, acc.bits_after
+    header = (
+        "| layer | N rows | d | K | p | H bits/idx | coded bits/idx | bits before | bits after "
+        "| share before | share after | CR |"
+    )
+    lines = [header, "|" + "---|" * 12]
+    for la in acc.layers:
+        coded = la.coded_bits / la.n_rows if la.coded_bits is not None else None
+        lines.append(
+            f"| {la.name} | {la.n_rows} | {la.d} | {_fmt(la.k, 'd')} | {_fmt(la.sparsity_p, '.2f')} "
+            f"| {_fmt(la.entropy_bits, '.3f')} | {_fmt(coded, '.3f')} | {la.bits_before} | {la.bits_after:.0f} "
+            f"| {100 * la.bits_before / total_before:.1f}% | {100 * la.bits_after / total_after:.1f}% "
+            f"| {la.bits_before / la.bits_after:.1f}x |"
+        )
+    lines.append(
+        f"| **total** | | | | | | | {total_before} | {total_after:.0f} | 100% | 100% | {acc.paper_cr:.1f}x |"
+    )
+    return "\n".join(lines)
+
+
+def ratio_summary(acc: Accounting) -> str:
+    """Both compression ratios side by side, each with what it divides."""
+    text = f"paper-accounting CR {acc.paper_cr:.1f}x ({acc.bits_before} / {acc.bits_after:.0f} bits)"
+    if acc.file_bytes:
+        text += (
+            f"; file CR {acc.file_cr:.1f}x ({acc.dense_bytes} float32 bytes / {acc.file_bytes} file bytes)"
+        )
+    return text

@@ -1,0 +1,52 @@
+import math
+
+import pytest
+import torch
+
+from deepkmeans.cluster.quantize import cluster_rows, entropy_bits, hardness, sparse_count
+
+
+def test_entropy_hand_computed() -> None:
+    # counts 4, 2, 1, 1 of 8: H = 0.5*1 + 0.25*2 + 2 * 0.125*3 = 1.75 bits
+    a = torch.tensor([0, 0, 0, 0, 1, 1, 2, 3])
+    assert entropy_bits(a, 4) == pytest.approx(1.75)
+    assert entropy_bits(torch.zeros(5, dtype=torch.int64), 3) == 0.0
+
+
+def test_sparsity_p_selects_rows_closest_to_mean() -> None:
+    torch.manual_seed(0)
+    rows = torch.randn(200, 3)
+    mean = rows.mean(0)
+    result = cluster_rows(rows, 5, 0.6, seed=1)
+    n_sparse = sparse_count(200, 0.6)
+    assert n_sparse == 120
+    in_sparse = result.assignments == 0
+    assert int(in_sparse.sum()) == 120
+    dist = (rows - mean).pow(2).sum(1)
+    # every sparse row is at least as close to the mean as every other row
+    assert float(dist[in_sparse].max()) <= float(dist[~in_sparse].min())
+    torch.testing.assert_close(result.centers[0], rows[in_sparse].mean(0))
+    # the rest use exactly K-1 = 4 centers
+    assert set(result.assignments[~in_sparse].tolist()) <= {1, 2, 3, 4}
+
+
+def test_p_zero_is_plain_kmeans_and_k1_is_mean() -> None:
+    rows = torch.randn(50, 2)
+    one = cluster_rows(rows, 1, 0.5)
+    torch.testing.assert_close(one.centers[0], rows.mean(0))
+    assert one.assignments.unique().tolist() == [0]
+    plain = cluster_rows(rows, 4, 0.0, seed=3)
+    assert plain.centers.shape == (4, 2)
+    assert 0 < hardness(rows, plain.reconstruct()) < 1
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.0, 1.5])
+def test_bad_p(p: float) -> None:
+    with pytest.raises(ValueError, match="sparsity p"):
+        cluster_rows(torch.randn(10, 2), 3, p)
+
+
+def test_sparse_count_rounds() -> None:
+    assert sparse_count(10, 0.25) == 3  # 2.5 rounds half up
+    assert sparse_count(7, 0.0) == 0
+    assert sparse_count(1000, 0.9) == math.floor(900.5)

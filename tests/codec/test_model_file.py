@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepkmeans import api
+from deepkmeans.codec.container import HEADER_SIZE, MAGIC
+from deepkmeans.config import CompressConfig, LayerSpec
+from deepkmeans.errors import FormatError
+from deepkmeans.models.lenet import LeNet5Caffe
+
+
+def _compressed(tmp_path: Path, layers: dict[str, LayerSpec]) -> tuple[LeNet5Caffe, Path, int]:
+    model = LeNet5Caffe()
+    api.compress(model, CompressConfig(layers=layers), {"name": "lenet5_caffe", "dataset": "mnist"})
+    cm = api.compress(model, CompressConfig(layers=layers), {"name": "lenet5_caffe", "dataset": "mnist"})
+    path = tmp_path / "m.dkm"
+    size = api.save(cm, path)
+    return model, path, size
+
+
+def test_roundtrip_bitwise_equal(tmp_path: Path) -> None:
+    layers = {"conv1": LayerSpec(4), "conv2": LayerSpec(16, 0.5), "fc*": LayerSpec(8, 0.8, d=5)}
+    model, path, size = _compressed(tmp_path, layers)
+    assert path.stat().st_size == size
+    loaded = api.load(path)
+    for (k, a), (k2, b) in zip(model.state_dict().items(), loaded.state_dict().items(), strict=True):
+        assert k == k2
+        assert torch.equal(a, b), k
+    x = torch.randn(3, 1, 28, 28)
+    assert torch.equal(model.eval()(x), loaded.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        LayerSpec(1),
+        LayerSpec(1, 0.5),
+        LayerSpec(500),
+        LayerSpec(10_000),
+        LayerSpec(3, d=1),
+        LayerSpec(2, 0.9, d=1),
+    ],
+)
+def test_edge_cases_k1_k_ge_n_d1(tmp_path: Path, spec: LayerSpec) -> None:
+    model, path, _ = _compressed(tmp_path, {"conv1": spec})
+    cm = api.load_compressed(path)
+    n_rows = model.conv1.weight.numel() // (spec.d or 5)
+    if spec.K >= n_rows:
+        assert "conv1" not in cm.layers  # K >= N leaves the layer dense
+    else:
+        assert cm.layers["conv1"].k == spec.K
+        assert len(torch.unique(model.conv1.weight.reshape(-1, spec.d or 5), dim=0)) <= spec.K
+    assert torch.equal(api.load(path).conv1.weight, model.conv1.weight)
+
+
+def test_same_seed_same_bytes(tmp_path: Path) -> None:
+    torch.manual_seed(3)
+    m1 = LeNet5Caffe()
+    m2 = LeNet5Caffe()
+    m2.load_state_dict(m1.state_dict())
+    cfg = CompressConfig(layers={"*": LayerSpec(8, 0.5)}, seed=7)
+    api.save(api.compress(m1, cfg), tmp_path / "a.dkm")
+    api.save(api.compress(m2, cfg), tmp_path / "b.dkm")
+    assert (tmp_path / "a.dkm").read_bytes() == (tmp_path / "b.dkm").read_bytes()
+
+
+def test_bad_files_give_format_errors(tmp_path: Path) -> None:
+    _, path, _ = _compressed(tmp_path, {"*": LayerSpec(4)})
+    data = path.read_bytes()
+    cases = {
+        "missing": None,
+        "empty": b"",
+        "truncated": data[:-10],
+        "header only": data[:HEADER_SIZE],
+        "bad magic": b"XXXX" + data[4:],
+        "bad version": MAGIC + b"\x09\x00" + data[6:],
+        "bit flip": data[:200] + bytes([data[200] ^ 1]) + data[201:],
+        "garbage": b"\x00" * 100,
+    }
+    messages = {
+        "bad magic": "magic",
+        "bad version": "version",
+        "bit flip": "checksum",
+        "missing": "no such file",
+    }
+    for name, content in cases.items():
+        target = tmp_path / f"{name}.dkm"
+        if content is not None:
+            target.write_bytes(content)
+        with pytest.raises(FormatError, match=messages.get(name, "")):
+            api.load(target)

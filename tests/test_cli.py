@@ -1,0 +1,87 @@
+"""End-to-end CLI runs on synthetic MNIST; user mistakes must end in one line, not a traceback."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from deepkmeans.cli import main
+
+
+def _config(tmp_path: Path, mnist_dir: Path, retrain_epochs: int = 1) -> Path:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        f"data_dir: {mnist_dir}\nout_dir: {tmp_path / 'run'}\ndevice: cpu\n"
+        "train: {epochs: 2, batch_size: 32, lr: 0.05}\n"
+        f"retrain: {{epochs: {retrain_epochs}, batch_size: 32, lam: 0.01, refresh_every: 5}}\n"
+        "compress: {layers: {conv1: {K: 4}, conv2: {K: 8, p: 0.5}, fc1: {K: 8, p: 0.8, d: 5}, fc2: {K: 4, d: 5}}}\n"
+    )
+    return cfg
+
+
+def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(_config(tmp_path, mnist_dir)), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "paper-accounting CR" in out and "file CR" in out
+    run = tmp_path / "run"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["dense"]["test_acc"] > 0.5  # synthetic digits are easy
+    assert metrics["compressed"]["paper_cr"] > 1
+    assert len(metrics["retrain_log"]) == 1 and "hardness" in metrics["retrain_log"][0]["extra"]
+    assert (run / "report.md").read_text().startswith("# deepkmeans run")
+
+    # evaluate the written file and checkpoint, compress a checkpoint by hand
+    assert main(["evaluate", str(run / "model.dkm"), "--data-dir", str(mnist_dir), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["test_acc"] == pytest.approx(metrics["compressed"]["test_acc"])
+    assert main(["evaluate", str(run / "pretrain.ckpt"), "--data-dir", str(mnist_dir)]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    out_file = tmp_path / "x.dkm"
+    assert main(["compress", str(run / "pretrain.ckpt"), "-o", str(out_file)]) == 0
+    assert out_file.is_file()
+
+
+def test_train_resumes(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _config(tmp_path, mnist_dir)
+    ckpt = tmp_path / "d.ckpt"
+    assert main(["train", "--config", str(cfg), "-o", str(ckpt), "--epochs", "2"]) == 0
+    first = capsys.readouterr().out
+    assert "epoch 2/2" in first
+    assert main(["train", "--config", str(cfg), "-o", str(ckpt), "--epochs", "2"]) == 0
+    assert "epoch" not in capsys.readouterr().out  # nothing left to do: resumed at the end
+
+
+@pytest.mark.parametrize(
+    "argv,match",
+    [
+        (["evaluate", "{tmp}/missing.dkm"], "no such file"),
+        (["evaluate", "{tmp}/junk.bin"], "not a readable checkpoint"),
+        (["run", "{tmp}/bad.yaml"], "invalid YAML"),
+        (["run", "--data-dir", "{tmp}/nodata", "--out-dir", "{tmp}/o"], "does not exist"),
+        (["compress", "{tmp}/missing.ckpt"], "no such file"),
+        pytest.param(
+            ["run", "--device", "cuda:7", "--out-dir", "{tmp}/o"],
+            "CUDA is not available",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA present"),
+        ),
+    ],
+)
+def test_user_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], match: str
+) -> None:
+    (tmp_path / "junk.bin").write_bytes(b"\x00junk" * 10)
+    (tmp_path / "bad.yaml").write_text("train: [1, 2")
+    code = main([a.format(tmp=tmp_path) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert match in err and err.startswith("deepkmeans: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_module_help() -> None:
+    result = subprocess.run([sys.executable, "-m", "deepkmeans", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for verb in ("run", "train", "retrain", "compress", "evaluate"):
+        assert verb in result.stdout
