@@ -51,7 +51,7 @@ class TrainConfig:
 
     epochs: int = 4
     batch_size: int = 64
-    lr: float = 0.05
+    lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
 

@@ -121,23 +121,25 @@ def fit(
     start = 0
     if checkpoint is not None and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint)
-        if state.get("stage") == desc and state.get("epochs") == cfg.epochs:
-            inner.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start = int(state["epoch"])
-            history = [EpochLog(**h) for h in state.get("history", [])]
-            if regularizer is not None and "regularizer" in state and hasattr(regularizer, "load_state_dict"):
-                regularizer.load_state_dict(state["regularizer"])
+        if state.get("stage") != desc or state.get("config") != asdict(cfg):
+            raise DeepKMeansError(
+                f"{checkpoint} holds a {state.get('stage')} run with different settings;"
+                " delete it or choose another output path"
+            )
+        inner.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["epoch"])
+        history = [EpochLog(**h) for h in state.get("history", [])]
+        if regularizer is not None and "regularizer" in state and hasattr(regularizer, "load_state_dict"):
+            regularizer.load_state_dict(state["regularizer"])
     model.to(device).train()
     for epoch in range(start, cfg.epochs):
         train.set_epoch(epoch)
         t0 = time.perf_counter()
         task_sum = pen_sum = 0.0
         n = 0
-        bar = tqdm(
-            train, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not (progress and is_main)
-        )
+        bar = tqdm(train, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not (progress and is_main))
         for x, y in bar:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = nn.functional.cross_entropy(model(x), y)
@@ -157,6 +159,8 @@ def fit(
             if n % 20 == 0:
                 bar.set_postfix(loss=f"{task_sum / n:.4f}")
         seconds = time.perf_counter() - t0
+        if not math.isfinite(task_sum):
+            raise DeepKMeansError(f"{desc} diverged in epoch {epoch + 1} (loss is not finite); lower the learning rate")
         test_loss, test_acc = evaluate(inner, test, device)
         log = EpochLog(epoch + 1, task_sum / max(n, 1), pen_sum / max(n, 1), test_loss, test_acc, seconds)
         if on_epoch is not None:
@@ -171,7 +175,7 @@ def fit(
         if checkpoint is not None and is_main:
             state = {
                 "stage": desc,
-                "epochs": cfg.epochs,
+                "config": asdict(cfg),
                 "epoch": epoch + 1,
                 "model": inner.state_dict(),
                 "optimizer": opt.state_dict(),

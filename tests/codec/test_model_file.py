@@ -88,5 +88,5 @@ def test_bad_files_give_format_errors(tmp_path: Path) -> None:
         target = tmp_path / f"{name}.dkm"
         if content is not None:
             target.write_bytes(content)
-        with pytest.raises(FormatError, match=messages.get(name, "")):
+        with pytest.raises(FormatError, match=messages.get(name)):
             api.load(target)

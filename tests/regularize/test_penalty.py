@@ -43,9 +43,7 @@ def test_gradient_matches_paper_formula_and_finite_differences() -> None:
     f = _indicator(a, 4)
     paper = 2 * (w - w @ f @ f.T)  # d/dW ||W - W F F^T||^2 (the paper writes lambda * (...) for lambda/2 * R)
     torch.testing.assert_close(rows.grad, paper.T)
-    assert torch.autograd.gradcheck(
-        lambda r: kmeans_penalty(r, a, 4), (rows.detach().clone().requires_grad_(),)
-    )
+    assert torch.autograd.gradcheck(lambda r: kmeans_penalty(r, a, 4), (rows.detach().clone().requires_grad_(),))
 
 
 def test_spectral_zero_for_k_ge_d_and_positive_below() -> None:
