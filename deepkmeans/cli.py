@@ -45,14 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="dense.ckpt", help="checkpoint path (default: dense.ckpt)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
 
-    p = sub.add_parser(
-        "retrain", help="Deep k-Means re-training of a checkpoint with the k-means regularizer"
-    )
+    p = sub.add_parser("retrain", help="Deep k-Means re-training of a checkpoint with the k-means regularizer")
     p.add_argument("checkpoint", help="pre-trained checkpoint")
     _common(p)
-    p.add_argument(
-        "-o", "--output", default="retrained.ckpt", help="checkpoint path (default: retrained.ckpt)"
-    )
+    p.add_argument("-o", "--output", default="retrained.ckpt", help="checkpoint path (default: retrained.ckpt)")
     p.add_argument("--method", choices=["kmeans", "spectral", "none"], help="override retrain.method")
     p.add_argument("--epochs", type=int, help="override retrain.epochs")
     p.add_argument("--lam", type=float, help="override retrain.lam")
@@ -62,9 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML run config with compress.layers (default: built-in)")
     p.add_argument("-o", "--output", default="model.dkm", help="compressed file (default: model.dkm)")
 
-    p = sub.add_parser(
-        "evaluate", help="test accuracy and per-layer compression table of a file or checkpoint"
-    )
+    p = sub.add_parser("evaluate", help="test accuracy and per-layer compression table of a file or checkpoint")
     p.add_argument("file", help="compressed file (.dkm) or checkpoint")
     p.add_argument("--data-dir", help="dataset directory")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -129,9 +123,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
     cfg = _config(args)
     overrides = {
-        k: v
-        for k, v in (("method", args.method), ("epochs", args.epochs), ("lam", args.lam))
-        if v is not None
+        k: v for k, v in (("method", args.method), ("epochs", args.epochs), ("lam", args.lam)) if v is not None
     }
     rcfg = replace(cfg.retrain, **overrides)
     rcfg.validate()
@@ -195,9 +187,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     _, test = load_data(dataset, args.data_dir, 256)
     loss, acc_value = evaluate(model.to(device), test, device)
     model.cpu()
-    accounting = api.account(
-        model, cm or CompressedModel({}, {}), Path(args.file).stat().st_size if cm else None
-    )
+    accounting = api.account(model, cm or CompressedModel({}, {}), Path(args.file).stat().st_size if cm else None)
     if args.json:
         print(
             json.dumps(
@@ -215,9 +205,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
             )
         )
         return
-    print(
-        f"{args.file}: {meta.get('model')} on {dataset}: test accuracy {100 * acc_value:.2f}%, loss {loss:.4f}"
-    )
+    print(f"{args.file}: {meta.get('model')} on {dataset}: test accuracy {100 * acc_value:.2f}%, loss {loss:.4f}")
     print(layer_table(accounting))
     print(ratio_summary(accounting))
 

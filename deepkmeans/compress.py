@@ -151,12 +151,8 @@ def account(model: nn.Module, cm: CompressedModel, file_bytes: int | None = None
         words, _ = encode_indexes(code.assignments.numpy(), code.k)
         after = code.k * code.d * FLOAT_BITS + code.n_rows * h + bias_bits
         rows.append(
-            LayerAccount(
-                name, code.n_rows, code.d, code.k, code.sparsity_p, h, int(words.size) * 32, before, after
-            )
+            LayerAccount(name, code.n_rows, code.d, code.k, code.sparsity_p, h, int(words.size) * 32, before, after)
         )
     dense_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
-    dense_bytes += sum(
-        t.numel() * t.element_size() for t in model.state_dict().values() if not t.is_floating_point()
-    )
+    dense_bytes += sum(t.numel() * t.element_size() for t in model.state_dict().values() if not t.is_floating_point())
     return Accounting(rows, dense_bytes, file_bytes)

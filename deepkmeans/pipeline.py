@@ -47,6 +47,9 @@ class StageResult:
     file_cr: float
     file_bytes: int
     path: str
+    bitwise_equal: bool  # decompressed weights == in-memory weight-shared model, bit for bit
+    index_bits: int  # real rANS streams, all layers
+    index_bits_ideal: float  # sum of N*H
 
 
 def compress_and_measure(
@@ -56,11 +59,16 @@ def compress_and_measure(
     shared = copy.deepcopy(model).cpu()
     cm = api.compress(shared, cfg.compress, {"name": cfg.model, "dataset": cfg.dataset})
     size = api.save(cm, path)
-    reloaded = api.load(path).to(device)
-    loss, acc = evaluate(reloaded, test, device)
+    reloaded = api.load(path)
+    before, after = shared.state_dict(), reloaded.state_dict()
+    same = before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    loss, acc = evaluate(reloaded.to(device), test, device)
     accounting = api.account(shared, cm, size)
     table = layer_table(accounting) + "\n\n" + ratio_summary(accounting)
-    return StageResult(acc, loss, accounting.paper_cr, accounting.file_cr or 0.0, size, str(path)), table
+    coded = sum(la.coded_bits or 0 for la in accounting.layers)
+    ideal = sum(la.n_rows * la.entropy_bits for la in accounting.layers if la.entropy_bits is not None)
+    result = StageResult(acc, loss, accounting.paper_cr, accounting.file_cr or 0.0, size, str(path), same, coded, ideal)
+    return result, table
 
 
 def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -76,9 +84,7 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    train, test = load_data(
-        cfg.dataset, cfg.data_dir, cfg.train.batch_size, cfg.seed, QUICK_LIMIT if quick else None
-    )
+    train, test = load_data(cfg.dataset, cfg.data_dir, cfg.train.batch_size, cfg.seed, QUICK_LIMIT if quick else None)
     meta = {"model": cfg.model, "dataset": cfg.dataset}
     model = build_model(cfg.model).to(device)
     specs = resolve_specs(model, cfg.compress.layers)
@@ -134,6 +140,7 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
         final, final_table = compress_and_measure(model, cfg, test, device, out / "model.dkm")
         print(f"re-trained ({rcfg.method}) + compressed: test accuracy {100 * final.test_acc:.2f}%")
     print(final_table)
+    print(_summary(cfg, dense_acc, base, final if retrain_log else None))
 
     metrics = {
         "config": to_dict(cfg),
@@ -151,6 +158,22 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
     write_atomic(out / "report.md", _report(cfg, metrics, final_table).encode())
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({metrics['seconds']:.0f}s)")
     return metrics
+
+
+def _summary(cfg: RunConfig, dense_acc: float, base: StageResult, final: StageResult | None) -> str:
+    rows = [("dense", dense_acc, None), ("compressed, no re-training", base.test_acc, base)]
+    if final is not None:
+        rows.append((f"re-trained ({cfg.retrain.method}) + compressed", final.test_acc, final))
+    lines = ["", "summary (accuracy of the model decompressed from its file):"]
+    for label, acc, res in rows:
+        ratios = "" if res is None else f"  paper CR {res.paper_cr:6.1f}x  file CR {res.file_cr:6.1f}x"
+        lines.append(f"  {label:<36} test accuracy {100 * acc:6.2f}%{ratios}")
+    last = final or base
+    lines.append(
+        "  decompressed weights bit-identical to the in-memory weight-shared model: "
+        + ("yes" if last.bitwise_equal else "NO")
+    )
+    return "\n".join(lines)
 
 
 def _report(cfg: RunConfig, m: dict[str, Any], table: str) -> str:
@@ -175,9 +198,7 @@ def _report(cfg: RunConfig, m: dict[str, Any], table: str) -> str:
         lines += ["## Hardness ||W - Q(W)|| / ||W|| per re-training epoch", ""]
         lines.append("| epoch | test acc (dense) | penalty | " + " | ".join(names) + " |")
         lines.append("|---" * (3 + len(names)) + "|")
-        lines.append(
-            "| 0 | - | - | " + " | ".join(f"{m['hardness_before_retrain'][n]:.4f}" for n in names) + " |"
-        )
+        lines.append("| 0 | - | - | " + " | ".join(f"{m['hardness_before_retrain'][n]:.4f}" for n in names) + " |")
         for e in m["retrain_log"]:
             h = e["extra"].get("hardness", {})
             lines.append(

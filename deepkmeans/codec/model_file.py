@@ -114,9 +114,7 @@ def _decode(meta: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -
             layers[name] = _layer_from(name, info, tensors)
         except ValueError as exc:
             raise FormatError(f"{source}: layer {name!r}: {exc}") from None
-    dense = {
-        k[len("dense/") :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("dense/")
-    }
+    dense = {k[len("dense/") :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("dense/")}
     return CompressedModel(layers, dense, model)
 
 

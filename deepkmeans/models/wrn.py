@@ -41,9 +41,7 @@ class WideResNet(nn.Module):
     """WRN-depth-k: stem conv, three stages of (depth - 4) / 6 blocks (widths 16k, 32k, 64k), BN-ReLU,
     global average pooling and a linear classifier."""
 
-    def __init__(
-        self, depth: int = 16, widen_factor: int = 4, num_classes: int = 10, dropout: float = 0.3
-    ) -> None:
+    def __init__(self, depth: int = 16, widen_factor: int = 4, num_classes: int = 10, dropout: float = 0.3) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"Wide ResNet depth must be 6n + 4 with n >= 1, got {depth}")

@@ -72,9 +72,7 @@ class KMeansRegularizer:
             if self.method == "spectral":
                 value = spectral_basis(rows, spec.k)
             else:
-                value = cluster_rows(
-                    rows, spec.k, spec.sparsity_p, seed=layer_seed(self.seed, name)
-                ).assignments
+                value = cluster_rows(rows, spec.k, spec.sparsity_p, seed=layer_seed(self.seed, name)).assignments
             if dist.is_available() and dist.is_initialized():
                 # Rank 0's F is the one every rank uses, so all replicas optimise the same objective.
                 value = value.contiguous()

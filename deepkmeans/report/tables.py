@@ -25,9 +25,7 @@ def layer_table(acc: Accounting) -> str:
             f"| {100 * la.bits_before / total_before:.1f}% | {100 * la.bits_after / total_after:.1f}% "
             f"| {la.bits_before / la.bits_after:.1f}x |"
         )
-    lines.append(
-        f"| **total** | | | | | | | {total_before} | {total_after:.0f} | 100% | 100% | {acc.paper_cr:.1f}x |"
-    )
+    lines.append(f"| **total** | | | | | | | {total_before} | {total_after:.0f} | 100% | 100% | {acc.paper_cr:.1f}x |")
     return "\n".join(lines)
 
 
@@ -35,7 +33,9 @@ def ratio_summary(acc: Accounting) -> str:
     """Both compression ratios side by side, each with what it divides."""
     text = f"paper-accounting CR {acc.paper_cr:.1f}x ({acc.bits_before} / {acc.bits_after:.0f} bits)"
     if acc.file_bytes:
-        text += (
-            f"; file CR {acc.file_cr:.1f}x ({acc.dense_bytes} float32 bytes / {acc.file_bytes} file bytes)"
-        )
+        text += f"; file CR {acc.file_cr:.1f}x ({acc.dense_bytes} float32 bytes / {acc.file_bytes} file bytes)"
+    ideal = sum(la.n_rows * la.entropy_bits for la in acc.layers if la.entropy_bits is not None)
+    coded = sum(la.coded_bits or 0 for la in acc.layers)
+    if ideal > 0:
+        text += f"\nindex streams: {coded} bits coded vs N*H = {ideal:.0f} bits ({100 * (coded / ideal - 1):+.2f}%)"
     return text

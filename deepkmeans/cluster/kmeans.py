@@ -1,0 +1,553 @@
+"""k-means for filter rows: k-means++ seeding, Lloyd iterations, and an exact 1-D solver.
+
+The shapes are specific: short rows (d = 1..5), many of them (N up to ~10^6), few centers (K up to a few
+hundred). Everything runs in torch on the rows' device, except the exact 1-D dynamic program, which is a
+long chain of small vectorized steps and runs on the host in numpy (lowest per-call cost).
+
+Speed plan for d >= 2 (the 3x3 convolutions):
+- Nearest-center search is a float32 GEMM ``[-2c, 1, |c|^2] @ [x; 1; |x|^2]`` per cache-sized block, with
+  the center index packed into the low mantissa bits of the (non-negative) distance, so one integer
+  min-reduction yields distance and argmin together (torch's argmin over a short axis is slow).
+- Every row keeps the margin between its nearest and second-nearest center. Centers move by at most
+  ``delta`` per iteration, which can shrink that margin by at most ``2 * delta``; a row is searched again
+  only once the accumulated movement could have used up its margin. Late Lloyd iterations, where few rows
+  are near a boundary, then cost O(N) comparisons instead of O(N K) distances.
+- Cluster sums are float64 and updated only by the rows that changed cluster; the inertia of the updated
+  centers follows from them as ``sum |x|^2 - sum_k |S_k|^2 / n_k``.
+- With many rows, seeding and a first Lloyd pass run on a random sample; Lloyd on all rows then starts
+  near convergence.
+The returned assignment is exact: rows whose margin is within the float32 error bound of a tie are
+re-assigned with float64 direct differences to the returned (input-dtype) centers, ties to the lowest
+index.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+# Bytes of float32 distances per block: the search is memory-bound, so cache-sized blocks are fastest
+# (and memory stays bounded for any N x K).
+_BLOCK_BYTES = 2**20
+# Exact 1-D dynamic program when K * (distinct values) is at most this. Its cost is about
+# K * N * log2(N) vectorized numpy element steps: ~0.1 s at this bound on one core. Above it, sorted
+# 1-D Lloyd (O(K log N) per iteration after one sort) takes over.
+DP_MAX_WORK = 2**19
+# Sample size for seeding and the first Lloyd pass: this many rows per center, at least _SAMPLE_MIN; used
+# when N exceeds twice the sample size.
+_SAMPLE_PER_CENTER = 256
+_SAMPLE_MIN = 2**14
+# Largest over-relaxation factor tried in Lloyd (see _Lloyd.run).
+_MAX_OVER_RELAXATION = 1.0
+# float32 unit roundoff; bounds the error of the distance GEMM (see _Lloyd._safety).
+_U32 = 2.0**-24
+
+
+@dataclass(frozen=True)
+class KMeansResult:
+    """Centers ``(K', d)`` in the input dtype/device, each row's center index, and the total squared error.
+
+    ``K' = min(k, number of distinct rows)``: asking for at least as many centers as there are distinct
+    rows returns each distinct row once (sorted, zero inertia) rather than padding with duplicates.
+    """
+
+    centers: torch.Tensor
+    assignments: torch.Tensor
+    inertia: float
+
+
+def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, tol: float = 1e-6) -> KMeansResult:
+    """Cluster the ``(N, d)`` rows into ``k`` centers (k-means++ then Lloyd; exact DP for small d == 1).
+
+    Deterministic: the same rows, k and seed give bitwise-identical results on CPU. Lloyd stops when the
+    relative inertia change drops below ``tol``, no assignment changes, or after ``max_iter`` iterations.
+    Each row is assigned to its nearest returned center (float64 distance, ties to the lowest index).
+    """
+    _validate(rows, k)
+    n, d = rows.shape
+    x = rows.detach().to(torch.float64)
+    if k >= n:
+        return _distinct_rows(rows, x)
+    if k == 1:
+        return _finish(rows, x, x.mean(dim=0, keepdim=True))
+    generator = torch.Generator(device=rows.device)
+    generator.manual_seed(seed)
+    if d == 1:
+        values, counts = torch.unique(x[:, 0], sorted=True, return_counts=True)
+        if values.numel() <= k:
+            return _distinct_rows(rows, x)
+        if k * values.numel() <= DP_MAX_WORK:
+            centers = _dp_centers(values, counts, k)
+        else:
+            centers = _lloyd_1d(x, values, counts, k, generator, max_iter, tol)
+        return _finish(rows, x, centers.unsqueeze(1))
+    return _cluster(rows, x, k, generator, max_iter, tol)
+
+
+def kmeans_1d_exact(rows: torch.Tensor, k: int) -> KMeansResult:
+    """Globally optimal k-means of ``(N, 1)`` rows, whatever their size (no cost threshold).
+
+    Optimal 1-D clusters are runs of the sorted values, so the best k runs come from a dynamic program;
+    its run-cost matrix is Monge, so split points are monotone and each of the k layers is solved by
+    divide and conquer in O(N log N).
+    """
+    _validate(rows, k)
+    if rows.shape[1] != 1:
+        raise ValueError(f"kmeans_1d_exact needs rows of length 1, got shape {tuple(rows.shape)}")
+    x = rows.detach().to(torch.float64)
+    values, counts = torch.unique(x[:, 0], sorted=True, return_counts=True)
+    if values.numel() <= k:
+        return _distinct_rows(rows, x)
+    if k == 1:
+        return _finish(rows, x, x.mean(dim=0, keepdim=True))
+    return _finish(rows, x, _dp_centers(values, counts, k).unsqueeze(1))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation and exact final assignment
+
+
+def _validate(rows: torch.Tensor, k: int) -> None:
+    if not isinstance(rows, torch.Tensor) or rows.ndim != 2:
+        shape = tuple(rows.shape) if isinstance(rows, torch.Tensor) else type(rows).__name__
+        raise ValueError(f"rows must be a 2-D (N, d) tensor, got {shape}")
+    if rows.shape[0] == 0 or rows.shape[1] == 0:
+        raise ValueError(f"rows must be non-empty, got shape {tuple(rows.shape)}")
+    if not rows.is_floating_point():
+        raise ValueError(f"rows must be floating point, got {rows.dtype}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    if not bool(torch.isfinite(rows).all()):
+        raise ValueError("rows contain NaN or infinite values")
+
+
+def _distinct_rows(rows: torch.Tensor, x: torch.Tensor) -> KMeansResult:
+    """Every distinct row is its own center (sorted lexicographically): exact, zero inertia."""
+    centers, assignments = torch.unique(x, dim=0, return_inverse=True)
+    return KMeansResult(centers.to(rows.dtype), assignments.to(torch.int64), 0.0)
+
+
+def _finish(rows: torch.Tensor, x: torch.Tensor, centers: torch.Tensor) -> KMeansResult:
+    """Round centers to the input dtype, then assign each row to its nearest rounded center exactly."""
+    out = centers.to(rows.dtype)
+    exact = out.to(torch.float64)
+    if x.shape[1] == 1:
+        assignments = _nearest_exact_1d(x[:, 0], exact[:, 0])
+    else:
+        assignments = _nearest_exact(x, exact)
+    return KMeansResult(out, assignments, _inertia(x, exact, assignments))
+
+
+def _inertia(x: torch.Tensor, centers: torch.Tensor, assignments: torch.Tensor) -> float:
+    return float((x - centers[assignments]).square_().sum())
+
+
+def _nearest_exact(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """Nearest center by float64 direct differences (no |x|^2 - 2xc + |c|^2 cancellation); ties -> lowest."""
+    n, d = x.shape
+    k = centers.shape[0]
+    assignments = torch.empty(n, dtype=torch.int64, device=x.device)
+    step = max(1, 4 * _BLOCK_BYTES // (8 * k))
+    for start in range(0, n, step):
+        block = x[start : start + step]
+        dist = torch.zeros(block.shape[0], k, dtype=torch.float64, device=x.device)
+        diff = torch.empty_like(dist)
+        for j in range(d):
+            torch.sub(block[:, j : j + 1], centers[:, j], out=diff)
+            dist.addcmul_(diff, diff)
+        assignments[start : start + step] = dist.argmin(dim=1)
+    return assignments
+
+
+def _nearest_exact_1d(values: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """1-D nearest center in O(N log K): only the centers just below and above a value can be nearest."""
+    order = torch.sort(centers, stable=True)
+    sorted_c, original = order.values, order.indices
+    k = sorted_c.numel()
+    pos = torch.searchsorted(sorted_c, values)
+    # Move to the first of equal center values: with a stable sort it has the lowest original index.
+    above = torch.searchsorted(sorted_c, sorted_c[pos.clamp(max=k - 1)])
+    below = torch.searchsorted(sorted_c, sorted_c[(pos - 1).clamp(min=0)])
+    dist_below = (values - sorted_c[below]).square()
+    dist_above = (values - sorted_c[above]).square()
+    idx_below, idx_above = original[below], original[above]
+    take_above = (dist_above < dist_below) | ((dist_above == dist_below) & (idx_above < idx_below))
+    return torch.where(take_above, idx_above, idx_below)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seeding and Lloyd for d >= 2
+
+
+def _augment(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 ``P = [-2x, 1, |x|^2]`` and ``Q = [x, |x|^2, 1]``, both (N, d+2): ``P_a @ Q_b^T`` is the
+    matrix of squared distances between point sets a and b in one GEMM."""
+    x32 = x.to(torch.float32)
+    ones = torch.ones(x.shape[0], 1, dtype=torch.float32, device=x.device)
+    norms = x32.square().sum(dim=1, keepdim=True)
+    return torch.cat([-2.0 * x32, ones, norms], dim=1), torch.cat([x32, norms, ones], dim=1)
+
+
+def _seed(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor | None:
+    """Greedy k-means++ (as in scikit-learn): of ``2 + log k`` D^2-sampled candidates keep the one that
+    lowers the potential most. Returns seed indices, or None when there are at most k distinct rows
+    (checked exactly once the potential has vanished to rounding level)."""
+    n = x.shape[0]
+    p, q = _augment(x)
+    q = q.T
+    trials = 2 + int(math.log(k))
+    chosen = [int(torch.randint(n, (1,), generator=generator, device=x.device))]
+    closest = (p[chosen] @ q).clamp_(min=0.0)[0]
+    scale = float(closest.sum(dtype=torch.float64))
+    checked = False
+    for _ in range(1, k):
+        cumulative = closest.cumsum(dim=0, dtype=torch.float64)
+        potential = float(cumulative[-1])
+        if not checked and potential <= 1e-6 * scale:
+            checked = True
+            if torch.unique(x, dim=0).shape[0] <= k:
+                return None
+        draws = torch.rand(trials, generator=generator, dtype=torch.float64, device=x.device) * potential
+        candidates = torch.searchsorted(cumulative, draws, right=True).clamp_(max=n - 1)
+        dist = torch.minimum((p[candidates] @ q).clamp_(min=0.0), closest)
+        best = int(torch.argmin(dist.sum(dim=1, dtype=torch.float64)))
+        chosen.append(int(candidates[best]))
+        closest = dist[best]
+    return torch.tensor(chosen, dtype=torch.int64, device=x.device)
+
+
+class _Lloyd:
+    """Lloyd iterations on centered float64 rows with margin-based skipping (see the module docstring).
+
+    Per row: center index, distance to it, and ``expiry``, the accumulated center movement (``drift``)
+    up to which its nearest center cannot change. Rows whose expiry lies within a horizon ahead of the
+    drift form the ``near`` set; only it is scanned until the drift passes the horizon.
+    """
+
+    def __init__(self, x: torch.Tensor, centers: torch.Tensor) -> None:
+        self.x = x
+        self.k = centers.shape[0]
+        _, self.q = _augment(x)
+        self.total_sq = float(x.square().sum())
+        # Error bound of one float32 distance^2 from the GEMM: the terms |x|^2, 2|x.c|, |c|^2 sum to at
+        # most (|x| + |c|)^2 <= 4 R^2 (centers are means, so |c| <= R), with d + 8 roundings.
+        radius_sq = float(x.square().sum(dim=1).max())
+        self.gemm_error = max(4.0 * radius_sq * (x.shape[1] + 8) * _U32, 1e-300)
+        self.index_bits = max(1, (self.k - 1).bit_length())
+        # Relative error of a distance^2 whose low index_bits mantissa bits were overwritten, plus slack for
+        # rounding the expiry to float32.
+        self.truncation = 2.0 ** (self.index_bits - 23) + 2.0**-20
+        self.lanes = torch.arange(self.k, dtype=torch.int32, device=x.device).unsqueeze(1)
+        self.drift, self.horizon = 0.0, -math.inf
+        self.centers = centers
+        self.assignments, self.distance, self.expiry = self._search(None)
+        self._recount()
+
+    def _recount(self) -> None:
+        self.sums = torch.zeros(self.k, self.x.shape[1], dtype=torch.float64, device=self.x.device)
+        self.sums.index_add_(0, self.assignments, self.x)
+        self.counts = torch.bincount(self.assignments, minlength=self.k).to(torch.float64).unsqueeze(1)
+
+    def _search(self, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Nearest center, its distance and the expiry of rows ``index`` (all rows if None)."""
+        q = self.q if index is None else self.q[index]
+        first, second = _two_nearest(self.centers, q, self.lanes, self.index_bits)
+        assignments = first.bitwise_and(2**self.index_bits - 1).long()
+        low = ~(2**self.index_bits - 1)
+        d1 = first.bitwise_and_(low).view(torch.float32).sqrt_()
+        d2 = second.bitwise_and_(low).view(torch.float32).sqrt_()
+        # A distance with squared error E is off by at most min(sqrt(E), E / d). With E = gemm_error +
+        # truncation * d^2 this is at most ~min(sqrt(gemm_error), gemm_error / d) + truncation * d, for
+        # d1 <= d2 at most `bound` below; the margin d2 - d1 is thus off by at most 2 * bound, and we
+        # subtract twice that.
+        bound = torch.div(self.gemm_error, d1).clamp_(max=self.gemm_error**0.5).add_(d2, alpha=self.truncation)
+        expiry = torch.sub(d2, d1).sub_(bound, alpha=4.0).add_(self.drift)
+        return assignments, d1, expiry
+
+    def mean_centers(self) -> torch.Tensor:
+        return self.sums / self.counts
+
+    def inertia(self) -> float:
+        return max(0.0, self.total_sq - float((self.sums.square() / self.counts).sum()))
+
+    def move_centers(self, centers: torch.Tensor) -> None:
+        """Adopt new centers; their largest movement can shrink any row's margin by twice as much."""
+        increment = 2.0 * float((centers - self.centers).square().sum(dim=1).max().sqrt())
+        self.drift += increment
+        self.centers = centers
+        if self.drift > self.horizon or self.horizon - self.drift > 32.0 * increment:
+            # Look ahead a few movements of this size; rescan when movement has slowed down a lot.
+            self.horizon = self.drift + 8.0 * increment
+            self.near = torch.nonzero(self.expiry <= self.horizon).flatten()
+
+    def assign(self, centers: torch.Tensor) -> int:
+        """Move to ``centers`` and re-search the rows whose margin may be used up; returns how many rows
+        changed cluster (their sums and counts are updated incrementally)."""
+        self.move_centers(centers)
+        due = self.near[self.expiry[self.near] <= self.drift]
+        if due.numel() == 0:
+            return 0
+        new, self.distance[due], self.expiry[due] = self._search(due)
+        old = self.assignments[due]
+        changed = torch.nonzero(new != old).flatten()
+        if changed.numel() == 0:
+            return 0
+        moved, old, new = due[changed], old[changed], new[changed]
+        rows = self.x[moved]
+        self.sums.index_add_(0, old, rows, alpha=-1.0).index_add_(0, new, rows)
+        ones = torch.ones(moved.numel(), 1, dtype=torch.float64, device=rows.device)
+        self.counts.index_add_(0, old, ones, alpha=-1.0).index_add_(0, new, ones)
+        self.assignments[moved] = new
+        return moved.numel()
+
+    def energy(self) -> float:
+        """Squared error of the current assignment at the current (not necessarily mean) centers."""
+        c = self.centers
+        cross = float((self.sums * c).sum())
+        return self.total_sq - 2.0 * cross + float((self.counts * c.square()).sum())
+
+    def reseed_empty(self) -> bool:
+        """Give each empty cluster the row farthest from its center (deterministic order)."""
+        if float(self.counts.min()) > 0:
+            return False
+        empty = torch.nonzero(self.counts[:, 0] == 0).flatten()
+        far = torch.sort(self.distance, descending=True, stable=True).indices[: empty.numel()]
+        self.assignments[far] = empty
+        self.distance[far] = 0.0
+        self.expiry[far] = -math.inf
+        self.horizon = -math.inf
+        self._recount()
+        return True
+
+    def run(self, max_iter: int, tol: float) -> torch.Tensor:
+        """Over-relaxed Lloyd to convergence; returns the final cluster means (float64, centered).
+
+        A plain Lloyd step moves centers c to the means g. Near convergence Lloyd crawls along flat
+        directions, so each iteration tries ``c + beta (g - c)`` with growing ``beta`` and keeps it only
+        if its error beats that of g without re-assignment (an upper bound of the plain step's result);
+        otherwise it takes the plain step and restarts at ``beta = 1``. The inertia after each iteration
+        therefore never increases, exactly as in Lloyd.
+        """
+        self.reseed_empty()
+        previous = self.inertia()
+        beta = 1.0
+        for _ in range(max_iter):
+            target = self.mean_centers()
+            plain = beta == 1.0
+            if plain:
+                changed = self.assign(target)
+            else:
+                changed = self.assign(self.centers + beta * (target - self.centers))
+                if self.energy() > previous:
+                    plain = True
+                    changed = self.assign(target)
+            beta = 1.0 if plain and beta > 1.0 else min(2.0 * beta, _MAX_OVER_RELAXATION)
+            if self.reseed_empty():
+                beta = 1.0
+                previous = self.inertia()
+                continue
+            if changed == 0 and plain:
+                break
+            current = self.inertia()
+            if previous - current <= tol * previous:
+                break
+            previous = current
+        return self.mean_centers()
+
+    def exact_assignments(self, x: torch.Tensor, centers: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """Exact assignments of the uncentered rows ``x`` to the uncentered ``centers``: rows whose margin
+        survives the move to ``centers`` keep their cluster, the others get a float64 search."""
+        self.move_centers(centers - mean)
+        assignments = self.assignments.clone()
+        due = torch.nonzero(self.expiry <= self.drift).flatten()
+        if due.numel():
+            assignments[due] = _nearest_exact(x[due], centers)
+        return assignments
+
+
+def _two_nearest(
+    centers: torch.Tensor, q: torch.Tensor, lanes: torch.Tensor, index_bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Packed (float32 distance^2 bits | center index) of the nearest and second-nearest center per row of
+    ``q`` (see :func:`_augment`).
+
+    A non-negative float32 viewed as int32 orders like the float, so after replacing the low
+    ``index_bits`` mantissa bits by the center index (``lanes``) one integer min gives distance and argmin.
+    """
+    k = centers.shape[0]
+    c32 = centers.to(torch.float32)
+    pc = torch.cat([c32 * -2.0, torch.ones_like(c32[:, :1]), c32.square().sum(dim=1, keepdim=True)], dim=1)
+    low = ~(2**index_bits - 1)
+    n = q.shape[0]
+    first = torch.empty(n, dtype=torch.int32, device=c32.device)
+    second = torch.empty(n, dtype=torch.int32, device=c32.device)
+    step = max(1, _BLOCK_BYTES // (4 * k))
+    for start in range(0, n, step):
+        bits = torch.mm(pc, q[start : start + step].T).clamp_(min=0.0).view(torch.int32)
+        bits.bitwise_and_(low).bitwise_or_(lanes)
+        best = torch.amin(bits, dim=0, out=first[start : start + step])
+        bits.masked_fill_(bits == best, torch.iinfo(torch.int32).max)
+        torch.amin(bits, dim=0, out=second[start : start + step])
+    return first, second
+
+
+def _cluster(
+    rows: torch.Tensor, x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int, tol: float
+) -> KMeansResult:
+    """k-means++ and Lloyd on centered rows (sample pass first when N is large), exact final assignment."""
+    mean = x.mean(dim=0)
+    centered = x - mean
+    centers = _sample_centers(centered, k, generator, max_iter, tol)
+    if centers is None:
+        seeds = _seed(centered, k, generator)
+        if seeds is None:
+            return _distinct_rows(rows, x)
+        centers = centered[seeds]
+    lloyd = _Lloyd(centered, centers)
+    out = (lloyd.run(max_iter, tol) + mean).to(rows.dtype)
+    exact = out.to(torch.float64)
+    assignments = lloyd.exact_assignments(x, exact, mean)
+    return KMeansResult(out, assignments, _inertia(x, exact, assignments))
+
+
+def _sample_centers(
+    x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int, tol: float
+) -> torch.Tensor | None:
+    """Seeds plus Lloyd on a random sample when N is over twice the sample size (else None)."""
+    size = max(_SAMPLE_MIN, _SAMPLE_PER_CENTER * k)
+    if x.shape[0] <= 2 * size:
+        return None
+    sample = x[torch.randperm(x.shape[0], generator=generator, device=x.device)[:size]]
+    seeds = _seed(sample, k, generator)
+    if seeds is None:
+        return None
+    return _Lloyd(sample, sample[seeds]).run(max_iter, tol)
+
+
+# ----------------------------------------------------------------------------------------------------
+# d == 1: exact dynamic program, sorted Lloyd fallback
+
+
+def _prefix_sums(values: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Prefix sums (leading 0) of weight, weighted value and weighted square of sorted distinct values."""
+    w = counts.to(torch.float64)
+    zero = torch.zeros(1, dtype=torch.float64, device=values.device)
+    return (
+        torch.cat([zero, w.cumsum(0)]),
+        torch.cat([zero, (w * values).cumsum(0)]),
+        torch.cat([zero, (w * values.square()).cumsum(0)]),
+    )
+
+
+def _dp_centers(values: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
+    """Optimal centers (float64, ascending) of k runs of the sorted distinct ``values`` with multiplicities."""
+    shift = float((values * counts).sum() / counts.sum())
+    pw, p1, p2 = (t.cpu().numpy() for t in _prefix_sums(values - shift, counts))
+    bounds = _dp_bounds(pw, p1, p2, k)
+    centers = (p1[bounds[1:]] - p1[bounds[:-1]]) / (pw[bounds[1:]] - pw[bounds[:-1]]) + shift
+    return torch.from_numpy(centers).to(values.device)
+
+
+def _dp_bounds(pw: np.ndarray, p1: np.ndarray, p2: np.ndarray, k: int) -> np.ndarray:
+    """Run boundaries ``0 = b_0 < ... < b_k = m`` minimizing the total within-run squared error.
+
+    ``D_c(i)``, the best error of the first i values in c runs, is ``min_j D_{c-1}(j) + cost(j, i)``. The
+    run cost satisfies the quadrangle inequality, so the best split ``j`` is non-decreasing in ``i``.
+    """
+    m = pw.size - 1
+    previous = p2 - p1 * p1 / np.maximum(pw, 1.0)  # D_1(i): one run over the first i values
+    splits = []
+    for c in range(2, k + 1):
+        # Rows needed: at least c values in c runs, and at least k - c values left for the other runs.
+        lo_row, hi_row = c, m - (k - c)
+        layer, opt = _dp_layer(previous - p2, pw, p1, c - 1, lo_row, hi_row)
+        splits.append((lo_row, opt))
+        previous = np.full(m + 1, np.inf)
+        previous[lo_row : hi_row + 1] = layer + p2[lo_row : hi_row + 1]
+    bounds = np.empty(k + 1, dtype=np.int64)
+    bounds[0], bounds[k] = 0, m
+    for c in range(k, 1, -1):
+        lo_row, opt = splits[c - 2]
+        bounds[c - 1] = opt[bounds[c] - lo_row]
+    return bounds
+
+
+def _dp_layer(
+    base: np.ndarray, pw: np.ndarray, p1: np.ndarray, first_split: int, lo_row: int, hi_row: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row minima ``min_j base(j) - (P1(i) - P1(j))^2 / (W(i) - W(j))`` and their leftmost argmins for rows
+    ``lo_row..hi_row``, by divide and conquer on the monotone argmin, one recursion level per step."""
+    rows = hi_row - lo_row + 1
+    value = np.empty(rows)
+    opt = np.empty(rows, dtype=np.int64)
+    # Pending row intervals [a, b] (offsets from lo_row), each with its candidate split range [jlo, jhi].
+    a = np.zeros(1, dtype=np.int64)
+    b = np.full(1, rows - 1, dtype=np.int64)
+    jlo = np.full(1, first_split, dtype=np.int64)
+    jhi = np.full(1, hi_row - 1, dtype=np.int64)
+    while a.size:
+        mid = (a + b) // 2
+        i = mid + lo_row
+        width = np.minimum(jhi, i - 1) - jlo + 1
+        starts = np.cumsum(width) - width
+        owner = np.repeat(np.arange(mid.size), width)
+        j = np.arange(starts[-1] + width[-1]) - starts[owner] + jlo[owner]
+        ii = i[owner]
+        s1 = p1[ii] - p1[j]
+        cost = base[j] - s1 * s1 / (pw[ii] - pw[j])
+        best = np.minimum.reduceat(cost, starts)
+        leftmost = np.minimum.reduceat(np.where(cost == best[owner], np.arange(cost.size), cost.size), starts)
+        split = j[leftmost]
+        value[mid] = best
+        opt[mid] = split
+        left, right = mid > a, mid < b
+        a, b = np.concatenate([a[left], mid[right] + 1]), np.concatenate([mid[left] - 1, b[right]])
+        jlo, jhi = np.concatenate([jlo[left], split[right]]), np.concatenate([split[left], jhi[right]])
+    return value, opt
+
+
+def _lloyd_1d(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    counts: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    max_iter: int,
+    tol: float,
+) -> torch.Tensor:
+    """Lloyd on sorted distinct values: clusters are runs split at center midpoints (searchsorted) and run
+    sums come from prefix sums, so an iteration costs O(K log N). Returns ascending float64 centers."""
+    m = values.numel()
+    shift = float((values * counts).sum() / counts.sum())
+    values = values - shift
+    pw, p1, p2 = _prefix_sums(values, counts)
+    size = min(x.shape[0], max(_SAMPLE_MIN, _SAMPLE_PER_CENTER * k))
+    sample = x[torch.randperm(x.shape[0], generator=generator, device=x.device)[:size]] - shift
+    seeds = _seed(sample, k, generator)
+    centers = torch.sort(sample[seeds, 0] if seeds is not None else values[:k]).values
+    previous, bounds = math.inf, None
+    for _ in range(max_iter):
+        cut = torch.searchsorted(values, (centers[1:] + centers[:-1]) * 0.5, right=True)
+        new_bounds = torch.cat([cut.new_zeros(1), cut, cut.new_full((1,), m)])
+        weight = pw[new_bounds[1:]] - pw[new_bounds[:-1]]
+        s1 = p1[new_bounds[1:]] - p1[new_bounds[:-1]]
+        empty = weight == 0
+        if bool(empty.any()):
+            # Re-seed empty runs with the values farthest from their current centers.
+            owner = torch.searchsorted(new_bounds[1:], torch.arange(m, device=values.device), right=True)
+            far = torch.sort((values - centers[owner]).abs(), descending=True, stable=True).indices
+            centers[empty] = values[far[: int(empty.sum())]]
+            centers = torch.sort(centers).values
+            previous, bounds = math.inf, None
+            continue
+        centers = s1 / weight
+        current = float((p2[new_bounds[1:]] - p2[new_bounds[:-1]] - s1 * centers).sum())
+        if bounds is not None and torch.equal(bounds, new_bounds):
+            break
+        if previous - current <= tol * previous:
+            break
+        previous, bounds = current, new_bounds
+    return centers + shift
