@@ -32,6 +32,7 @@ __all__ = [
     "load",
     "load_compressed",
     "load_model_file",
+    "estimate_energy",
     "save",
 ]
 
@@ -82,10 +83,30 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any], Compre
         raise DeepKMeansError(f"{path}: no such file")
     if is_compressed_file(path):
         cm = load_compressed(path)
-        return load(path), dict(cm.model), cm
+        return load(path), {"model": cm.model.get("name"), "dataset": cm.model.get("dataset")}, cm
     state = load_checkpoint(path)
     meta = dict(state.get("meta", {}))
     name = meta.get("model")
     if not isinstance(name, str):
         raise DeepKMeansError(f"{path}: checkpoint does not name its model architecture")
     return _restore(build_model(name), state["model"], str(path)), meta, None
+
+
+def estimate_energy(model: nn.Module, input_shape: tuple[int, ...], cm: CompressedModel | None = None, batch: int = 1):
+    """Row-stationary energy of ``model`` dense vs weight-shared (from ``cm``'s real assignments).
+
+    Index bits per row are the real rANS stream sizes, so the estimate uses what the file stores.
+    """
+    from deepkmeans.codec.entropy import encode_indexes
+    from deepkmeans.energy import estimate
+    from deepkmeans.energy.torch_layers import layers_from_model
+
+    shared = {}
+    for name, code in (cm.layers if cm else {}).items():
+        words, _ = encode_indexes(code.assignments.numpy(), code.k)
+        shared[name] = (code.assignments.numpy(), code.k, words.size * 32 / code.n_rows)
+    try:
+        layers = layers_from_model(model.cpu().eval(), input_shape, batch, shared)
+        return estimate(layers)
+    except ValueError as exc:
+        raise DeepKMeansError(f"energy model: {exc}") from None

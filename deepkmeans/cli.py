@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset directory")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+    p = sub.add_parser("energy", help="row-stationary (Eyeriss-like) energy estimate, dense vs weight-shared")
+    p.add_argument("file", nargs="?", help="compressed file (.dkm) or checkpoint")
+    p.add_argument("--model", help="estimate a built-in model's dense energy instead of a file")
+    p.add_argument("--batch", type=int, default=1, help="images per inference batch (default: 1)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--plot", help="write a stacked-bar PNG of the breakdown to this path")
     return parser
 
 
@@ -210,12 +217,38 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(ratio_summary(accounting))
 
 
+def cmd_energy(args: argparse.Namespace) -> None:
+    from deepkmeans import api
+    from deepkmeans.energy import format_table, plot_breakdown, result_to_dict
+    from deepkmeans.models import build_model, model_info
+
+    if (args.file is None) == (args.model is None):
+        raise DeepKMeansError("energy needs exactly one of FILE or --model NAME")
+    if args.model:
+        model, name, cm = build_model(args.model), args.model, None
+    else:
+        model, meta, cm = api.load_model_file(args.file)
+        name = meta.get("model")
+        if not isinstance(name, str):
+            raise DeepKMeansError(f"{args.file}: does not name a built-in architecture")
+    result = api.estimate_energy(model, model_info(name).input_shape, cm, args.batch)
+    if args.plot:
+        plot_breakdown(result, args.plot)
+    if args.json:
+        print(json.dumps(result_to_dict(result), indent=2))
+    else:
+        print(format_table(result))
+        if args.plot:
+            print(f"wrote {args.plot}")
+
+
 COMMANDS = {
     "run": cmd_run,
     "train": cmd_train,
     "retrain": cmd_retrain,
     "compress": cmd_compress,
     "evaluate": cmd_evaluate,
+    "energy": cmd_energy,
 }
 
 

@@ -18,7 +18,7 @@ from deepkmeans.codec.container import write_atomic
 from deepkmeans.compress import ResolvedSpec, cluster_layer, layer_seed, resolve_specs, shareable_layers
 from deepkmeans.config import RunConfig, to_dict
 from deepkmeans.data import Batches, load_data
-from deepkmeans.models import build_model
+from deepkmeans.models import MODELS, build_model
 from deepkmeans.regularize.regularizer import KMeansRegularizer
 from deepkmeans.report.tables import layer_table, ratio_summary
 from deepkmeans.train import EpochLog, evaluate, fit, pick_device
@@ -140,6 +140,19 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
         final, final_table = compress_and_measure(model, cfg, test, device, out / "model.dkm")
         print(f"re-trained ({rcfg.method}) + compressed: test accuracy {100 * final.test_acc:.2f}%")
     print(final_table)
+    energy = None
+    if cfg.model in MODELS:
+        from deepkmeans.energy import plot_breakdown, result_to_dict
+
+        result = api.estimate_energy(
+            api.load(final.path), MODELS[cfg.model].input_shape, api.load_compressed(final.path)
+        )
+        plot_breakdown(result, out / "energy.png")
+        energy = result_to_dict(result)
+        print(
+            f"energy (row-stationary model, batch 1): dense {result.dense_total:.4g}, shared {result.shared_total:.4g}"
+            f" (normalized to one MAC) -> {result.ratio:.2f}x less"
+        )
     print(_summary(cfg, dense_acc, base, final if retrain_log else None))
 
     metrics = {
@@ -152,6 +165,7 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
         "hardness_before_retrain": hard0,
         "pretrain_log": [asdict(e) for e in pretrain_log],
         "retrain_log": [asdict(e) for e in retrain_log],
+        "energy": energy,
         "seconds": time.perf_counter() - started,
     }
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2).encode())
@@ -206,5 +220,14 @@ def _report(cfg: RunConfig, m: dict[str, Any], table: str) -> str:
                 + " | ".join(f"{h.get(n, float('nan')):.4f}" for n in names)
                 + " |"
             )
+    if m.get("energy"):
+        e = m["energy"]
+        lines += [
+            "## Energy (row-stationary accelerator model, batch 1)",
+            "",
+            f"Dense {e['totals']['dense']:.4g}, weight-shared {e['totals']['shared']:.4g} (1 = one 16-bit MAC):"
+            f" {e['totals']['ratio']:.2f}x less. Breakdown: ![energy](energy.png)",
+            "",
+        ]
     lines += ["", f"Total time {m['seconds']:.0f}s on {m['device']}.", ""]
     return "\n".join(lines)

@@ -85,3 +85,12 @@ def test_module_help() -> None:
     assert result.returncode == 0
     for verb in ("run", "train", "retrain", "compress", "evaluate"):
         assert verb in result.stdout
+
+
+def test_energy_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["energy", "--model", "lenet5_caffe", "--json", "--plot", str(tmp_path / "e.png")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [layer["name"] for layer in result["layers"]] == ["conv1", "conv2", "fc1", "fc2"]
+    assert result["totals"]["dense"] > 0 and (tmp_path / "e.png").stat().st_size > 1000
+    assert main(["energy"]) == 2
+    assert "exactly one of FILE or --model" in capsys.readouterr().err
