@@ -94,74 +94,33 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from deepkmeans.data import load_data
-    from deepkmeans.models import build_model
-    from deepkmeans.train import fit, pick_device
+    from deepkmeans import pipeline
 
     cfg = _config(args)
-    tcfg = cfg.train if args.epochs is None else replace(cfg.train, epochs=args.epochs)
-    tcfg.validate()
-    train, test = load_data(cfg.dataset, cfg.data_dir, tcfg.batch_size, cfg.seed)
-    device = pick_device(cfg.device)
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model)
-    fit(
-        model,
-        train,
-        test,
-        tcfg,
-        device,
-        args.output,
-        meta={"model": cfg.model, "dataset": cfg.dataset},
-        desc="pretrain",
-    )
-    print(f"wrote {args.output}")
+    if args.epochs is not None:
+        cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+        cfg.validate()
+    session = pipeline.start_session(cfg, cfg.train.batch_size)
+    pipeline.pretrain(cfg, session, Path(args.output))
+    if session.rank.is_main:
+        print(f"wrote {args.output}")
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
+    from deepkmeans import pipeline
     from deepkmeans.api import load_model_file
-    from deepkmeans.compress import resolve_specs
-    from deepkmeans.data import load_data
-    from deepkmeans.pipeline import layer_hardness
-    from deepkmeans.regularize.regularizer import KMeansRegularizer
-    from deepkmeans.train import fit, pick_device
 
     cfg = _config(args)
     overrides = {
         k: v for k, v in (("method", args.method), ("epochs", args.epochs), ("lam", args.lam)) if v is not None
     }
-    rcfg = replace(cfg.retrain, **overrides)
-    rcfg.validate()
+    cfg = replace(cfg, retrain=replace(cfg.retrain, **overrides))
+    cfg.validate()
     model, meta, _ = load_model_file(args.checkpoint)
-    device = pick_device(cfg.device)
-    train, test = load_data(meta.get("dataset", cfg.dataset), cfg.data_dir, rcfg.batch_size, cfg.seed)
-    model.to(device)
-    specs = resolve_specs(model, cfg.compress.layers)
-    reg = None
-    if rcfg.method != "none":
-        reg = KMeansRegularizer(
-            model, cfg.compress.layers, rcfg.method, rcfg.lam, rcfg.refresh_every, cfg.compress.seed
-        )
-
-    def track(m, log):
-        log.extra["hardness"] = layer_hardness(m, specs, cfg.compress.seed)
-        print("  hardness " + ", ".join(f"{k} {v:.4f}" for k, v in log.extra["hardness"].items()))
-
-    fit(
-        model,
-        train,
-        test,
-        rcfg,
-        device,
-        args.output,
-        regularizer=reg,
-        on_epoch=track,
-        meta=meta,
-        desc=f"retrain[{rcfg.method}]",
-    )
-    print(f"wrote {args.output}")
+    session = pipeline.start_session(cfg, cfg.retrain.batch_size, dataset=meta.get("dataset"))
+    pipeline.retrain(cfg, model, session, Path(args.output), meta, verbose=True)
+    if session.rank.is_main:
+        print(f"wrote {args.output}")
 
 
 def cmd_compress(args: argparse.Namespace) -> None:

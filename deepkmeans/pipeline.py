@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepkmeans import api
+from deepkmeans import api, distributed
 from deepkmeans.cluster.quantize import hardness
 from deepkmeans.codec.container import write_atomic
 from deepkmeans.compress import ResolvedSpec, cluster_layer, layer_seed, resolve_specs, shareable_layers
@@ -71,8 +71,90 @@ def compress_and_measure(
     return result, table
 
 
+@dataclass
+class Session:
+    """Where a command runs: this process's rank and device, and its (sharded) data."""
+
+    rank: distributed.Rank
+    device: torch.device
+    train: Batches
+    test: Batches
+
+
+def start_session(cfg: RunConfig, batch_size: int, limit: int | None = None, dataset: str | None = None) -> Session:
+    """Join torchrun if launched by it, pick the device, load the data and shard it across ranks."""
+    rank, device = distributed.setup(pick_device(cfg.device))
+    train, test = load_data(dataset or cfg.dataset, cfg.data_dir, batch_size, cfg.seed, limit)
+    train.set_shard(rank.rank, rank.world_size)
+    return Session(rank, device, train, test)
+
+
+def pretrain(cfg: RunConfig, session: Session, checkpoint: Path, progress: bool = True) -> tuple[nn.Module, list]:
+    """Pre-train a fresh model (seeded); resumes from ``checkpoint`` when it holds the same run."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model).to(session.device)
+    log = fit(
+        distributed.wrap(model, session.rank, session.device),
+        session.train,
+        session.test,
+        cfg.train,
+        session.device,
+        checkpoint,
+        meta={"model": cfg.model, "dataset": cfg.dataset},
+        desc="pretrain",
+        progress=progress,
+        is_main=session.rank.is_main,
+    )
+    return model, log
+
+
+def retrain(
+    cfg: RunConfig,
+    model: nn.Module,
+    session: Session,
+    checkpoint: Path,
+    meta: dict[str, Any],
+    progress: bool = True,
+    verbose: bool = False,
+) -> list[EpochLog]:
+    """Deep k-Means re-training of ``model`` in place, tracking each layer's hardness per epoch."""
+    rcfg = cfg.retrain
+    model.to(session.device)
+    specs = resolve_specs(model, cfg.compress.layers)
+    reg = None
+    if rcfg.method != "none":
+        reg = KMeansRegularizer(
+            model, cfg.compress.layers, rcfg.method, rcfg.lam, rcfg.refresh_every, cfg.compress.seed
+        )
+
+    def track(m: nn.Module, log: EpochLog) -> None:
+        log.extra["hardness"] = layer_hardness(m, specs, cfg.compress.seed)
+        if verbose and session.rank.is_main:
+            print("  hardness " + ", ".join(f"{k} {v:.4f}" for k, v in log.extra["hardness"].items()))
+
+    session.train.batch_size = rcfg.batch_size
+    return fit(
+        distributed.wrap(model, session.rank, session.device),
+        session.train,
+        session.test,
+        rcfg,
+        session.device,
+        checkpoint,
+        regularizer=reg,
+        on_epoch=track,
+        meta=meta,
+        desc=f"retrain[{rcfg.method}]",
+        progress=progress,
+        is_main=session.rank.is_main,
+    )
+
+
 def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Run the whole pipeline into ``cfg.out_dir``; returns the metrics also written to metrics.json."""
+    """Run the whole pipeline into ``cfg.out_dir``; returns the metrics also written to metrics.json.
+
+    Under ``torchrun`` the two training stages run data-parallel (DDP); rank 0 alone compresses,
+    evaluates and writes the report.
+    """
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -81,64 +163,38 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
             train=replace(cfg.train, epochs=min(cfg.train.epochs, 1)),
             retrain=replace(cfg.retrain, epochs=min(cfg.retrain.epochs, 1)),
         )
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     started = time.perf_counter()
-    train, test = load_data(cfg.dataset, cfg.data_dir, cfg.train.batch_size, cfg.seed, QUICK_LIMIT if quick else None)
+    session = start_session(cfg, cfg.train.batch_size, QUICK_LIMIT if quick else None)
+    rank, device, test = session.rank, session.device, session.test
+    if rank.is_main:
+        print(
+            f"deepkmeans run: {cfg.model} on {cfg.dataset} ({len(session.train.x)} train / {len(test.x)} test"
+            f" images), device {device}, {rank.world_size} process(es), output {out}"
+        )
     meta = {"model": cfg.model, "dataset": cfg.dataset}
-    model = build_model(cfg.model).to(device)
+    model, pretrain_log = pretrain(cfg, session, out / "pretrain.ckpt", progress)
     specs = resolve_specs(model, cfg.compress.layers)
-
-    pretrain_log = fit(
-        model,
-        train,
-        test,
-        cfg.train,
-        device,
-        out / "pretrain.ckpt",
-        meta=meta,
-        desc="pretrain",
-        progress=progress,
-    )
     dense_loss, dense_acc = evaluate(model, test, device)
-    print(f"dense model: test accuracy {100 * dense_acc:.2f}% (loss {dense_loss:.4f})")
-
-    base, base_table = compress_and_measure(model, cfg, test, device, out / "no_retrain.dkm")
-    print(
-        f"compressed without re-training: test accuracy {100 * base.test_acc:.2f}%,"
-        f" paper CR {base.paper_cr:.1f}x, file CR {base.file_cr:.1f}x"
-    )
+    base = final = None
+    if rank.is_main:
+        print(f"dense model: test accuracy {100 * dense_acc:.2f}% (loss {dense_loss:.4f})")
+        base, final_table = compress_and_measure(model, cfg, test, device, out / "no_retrain.dkm")
+        final = base
+        print(
+            f"compressed without re-training: test accuracy {100 * base.test_acc:.2f}%,"
+            f" paper CR {base.paper_cr:.1f}x, file CR {base.file_cr:.1f}x"
+        )
 
     retrain_log: list[EpochLog] = []
-    final, final_table = base, base_table
     hard0 = layer_hardness(model, specs, cfg.compress.seed)
     if cfg.retrain.epochs > 0:
-        rcfg = cfg.retrain
-        reg = None
-        if rcfg.method != "none":
-            reg = KMeansRegularizer(
-                model, cfg.compress.layers, rcfg.method, rcfg.lam, rcfg.refresh_every, cfg.compress.seed
-            )
-
-        def track(m: nn.Module, log: EpochLog) -> None:
-            log.extra["hardness"] = layer_hardness(m, specs, cfg.compress.seed)
-
-        train.batch_size = rcfg.batch_size
-        retrain_log = fit(
-            model,
-            train,
-            test,
-            rcfg,
-            device,
-            out / "retrain.ckpt",
-            regularizer=reg,
-            on_epoch=track,
-            meta=meta,
-            desc=f"retrain[{rcfg.method}]",
-            progress=progress,
-        )
-        final, final_table = compress_and_measure(model, cfg, test, device, out / "model.dkm")
-        print(f"re-trained ({rcfg.method}) + compressed: test accuracy {100 * final.test_acc:.2f}%")
+        retrain_log = retrain(cfg, model, session, out / "retrain.ckpt", meta, progress)
+        if rank.is_main:
+            final, final_table = compress_and_measure(model, cfg, test, device, out / "model.dkm")
+            print(f"re-trained ({cfg.retrain.method}) + compressed: test accuracy {100 * final.test_acc:.2f}%")
+    if not rank.is_main:
+        distributed.barrier()
+        return {}
     print(final_table)
     energy = None
     if cfg.model in MODELS:
@@ -150,8 +206,8 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
         plot_breakdown(result, out / "energy.png")
         energy = result_to_dict(result)
         print(
-            f"energy (row-stationary model, batch 1): dense {result.dense_total:.4g}, shared {result.shared_total:.4g}"
-            f" (normalized to one MAC) -> {result.ratio:.2f}x less"
+            f"energy (row-stationary model, batch 1): dense {result.dense_total:.4g},"
+            f" shared {result.shared_total:.4g} (1 = one 16-bit MAC): {result.ratio:.2f}x less"
         )
     print(_summary(cfg, dense_acc, base, final if retrain_log else None))
 
@@ -159,6 +215,7 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
         "config": to_dict(cfg),
         "quick": quick,
         "device": str(device),
+        "world_size": rank.world_size,
         "dense": {"test_acc": dense_acc, "test_loss": dense_loss},
         "compressed_no_retrain": asdict(base),
         "compressed": asdict(final),
@@ -171,6 +228,7 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2).encode())
     write_atomic(out / "report.md", _report(cfg, metrics, final_table).encode())
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({metrics['seconds']:.0f}s)")
+    distributed.barrier()
     return metrics
 
 

@@ -45,18 +45,21 @@ class Batches:
         """Serve only every ``world_size``-th batch starting at ``rank`` (data-parallel training)."""
         self.shard = (rank, world_size)
 
-    def __len__(self) -> int:
-        n = (len(self.x) + self.batch_size - 1) // self.batch_size
+    def _starts(self) -> list[int]:
+        starts = list(range(0, len(self.x), self.batch_size))
         rank, world = self.shard
-        return len(range(rank, n, world))
+        # Every rank must see the same number of batches, or DDP's gradient all-reduce would hang.
+        starts = starts[: len(starts) - len(starts) % world]
+        return starts[rank::world]
+
+    def __len__(self) -> int:
+        return len(self._starts())
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         n = len(self.x)
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
-        starts = range(0, n, self.batch_size)
-        rank, world = self.shard
-        for start in list(starts)[rank::world]:
+        for start in self._starts():
             idx = order[start : start + self.batch_size]
             xb = self.x[idx]
             if self.augment is not None:
