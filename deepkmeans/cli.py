@@ -70,7 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="images per inference batch (default: 1)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--plot", help="write a stacked-bar PNG of the breakdown to this path")
+
+    p = sub.add_parser("sweep", help="accuracy vs compression ratio over a grid of K / p scalings, plotted")
+    p.add_argument("checkpoint", help="checkpoint (pre-trained or re-trained) to compress at every grid point")
+    _common(p)
+    p.add_argument("--out-dir", default="sweep", help="where sweep.json, sweep.md and sweep.png go (default: sweep)")
+    p.add_argument("--scales", default="0.25,0.5,1,2,4", help="K multipliers (default: 0.25,0.5,1,2,4)")
+    p.add_argument("--p-offsets", default="-0.2,-0.1,0.05", help="sparsity p shifts (default: -0.2,-0.1,0.05)")
+
+    p = sub.add_parser("report", help="(re)build report.md and its plots from a run folder")
+    p.add_argument("run_dir", help="folder written by `deepkmeans run`")
     return parser
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise DeepKMeansError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
 def _config(args: argparse.Namespace):
@@ -201,6 +218,40 @@ def cmd_energy(args: argparse.Namespace) -> None:
             print(f"wrote {args.plot}")
 
 
+def cmd_sweep(args: argparse.Namespace) -> None:
+    from deepkmeans import api
+    from deepkmeans.data import load_data
+    from deepkmeans.sweep import sweep, write_sweep
+    from deepkmeans.train import pick_device
+
+    cfg = _config(args)
+    model, meta, _ = api.load_model_file(args.checkpoint)
+    device = pick_device(cfg.device)
+    _, test = load_data(meta.get("dataset", cfg.dataset), cfg.data_dir, 256, cfg.seed)
+
+    def show(point) -> None:
+        where = {"dense": "dense", "K": f"K x {point.k_scale:g}", "p": f"p {point.p_offset:+g}"}[point.grid]
+        print(f"  {where:<12} test accuracy {100 * point.test_acc:6.2f}%  paper CR {point.paper_cr:7.1f}x")
+
+    points = sweep(
+        model,
+        test,
+        device,
+        cfg.compress,
+        _floats(args.scales, "--scales"),
+        _floats(args.p_offsets, "--p-offsets"),
+        model_meta={"name": meta.get("model"), "dataset": meta.get("dataset")},
+        on_point=show,
+    )
+    print(f"wrote {write_sweep(points, args.out_dir, meta.get('model'), meta.get('dataset'))}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from deepkmeans.report.markdown import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+
+
 COMMANDS = {
     "run": cmd_run,
     "train": cmd_train,
@@ -208,6 +259,8 @@ COMMANDS = {
     "compress": cmd_compress,
     "evaluate": cmd_evaluate,
     "energy": cmd_energy,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
 }
 
 

@@ -20,6 +20,7 @@ from deepkmeans.config import RunConfig, to_dict
 from deepkmeans.data import Batches, load_data
 from deepkmeans.models import MODELS, build_model
 from deepkmeans.regularize.regularizer import KMeansRegularizer
+from deepkmeans.report.markdown import write_report
 from deepkmeans.report.tables import layer_table, ratio_summary
 from deepkmeans.train import EpochLog, evaluate, fit, pick_device
 
@@ -226,8 +227,8 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
         "seconds": time.perf_counter() - started,
     }
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2).encode())
-    write_atomic(out / "report.md", _report(cfg, metrics, final_table).encode())
-    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'} ({metrics['seconds']:.0f}s)")
+    report = write_report(out)
+    print(f"wrote {out / 'metrics.json'} and {report} ({metrics['seconds']:.0f}s)")
     distributed.barrier()
     return metrics
 
@@ -245,47 +246,4 @@ def _summary(cfg: RunConfig, dense_acc: float, base: StageResult, final: StageRe
         "  decompressed weights bit-identical to the in-memory weight-shared model: "
         + ("yes" if last.bitwise_equal else "NO")
     )
-    return "\n".join(lines)
-
-
-def _report(cfg: RunConfig, m: dict[str, Any], table: str) -> str:
-    base, final = m["compressed_no_retrain"], m["compressed"]
-    lines = [
-        f"# deepkmeans run: {cfg.model} on {cfg.dataset}",
-        "",
-        "| model | test accuracy | paper CR | file CR |",
-        "|---|---|---|---|",
-        f"| dense | {100 * m['dense']['test_acc']:.2f}% | 1x | 1x |",
-        f"| compressed, no re-training | {100 * base['test_acc']:.2f}% "
-        f"| {base['paper_cr']:.1f}x | {base['file_cr']:.1f}x |",
-    ]
-    if m["retrain_log"]:
-        lines.append(
-            f"| re-trained ({cfg.retrain.method}) + compressed | {100 * final['test_acc']:.2f}% "
-            f"| {final['paper_cr']:.1f}x | {final['file_cr']:.1f}x |"
-        )
-    lines += ["", "## Layers (final compressed model)", "", table, ""]
-    if m["retrain_log"]:
-        names = list(m["hardness_before_retrain"])
-        lines += ["## Hardness ||W - Q(W)|| / ||W|| per re-training epoch", ""]
-        lines.append("| epoch | test acc (dense) | penalty | " + " | ".join(names) + " |")
-        lines.append("|---" * (3 + len(names)) + "|")
-        lines.append("| 0 | - | - | " + " | ".join(f"{m['hardness_before_retrain'][n]:.4f}" for n in names) + " |")
-        for e in m["retrain_log"]:
-            h = e["extra"].get("hardness", {})
-            lines.append(
-                f"| {e['epoch']} | {100 * e['test_acc']:.2f}% | {e['penalty']:.4g} | "
-                + " | ".join(f"{h.get(n, float('nan')):.4f}" for n in names)
-                + " |"
-            )
-    if m.get("energy"):
-        e = m["energy"]
-        lines += [
-            "## Energy (row-stationary accelerator model, batch 1)",
-            "",
-            f"Dense {e['totals']['dense']:.4g}, weight-shared {e['totals']['shared']:.4g} (1 = one 16-bit MAC):"
-            f" {e['totals']['ratio']:.2f}x less. Breakdown: ![energy](energy.png)",
-            "",
-        ]
-    lines += ["", f"Total time {m['seconds']:.0f}s on {m['device']}.", ""]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import struct
 from pathlib import Path
 
@@ -38,3 +39,33 @@ def mnist_dir(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _seed_and_threads() -> None:
     torch.manual_seed(0)
+
+
+def cifar_batch(images: np.ndarray, labels: list[int]) -> dict[bytes, object]:
+    """One CIFAR-10 batch dict as the Python pickles store it (byte-string keys, flat uint8 rows)."""
+    return {
+        b"batch_label": b"synthetic batch",
+        b"labels": labels,
+        b"data": images.reshape(len(images), -1),
+        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
+    }
+
+
+def write_pickle(path: Path, obj: object) -> None:
+    with path.open("wb") as fh:
+        pickle.dump(obj, fh, protocol=2)
+
+
+def make_cifar_dir(root: Path, per_batch: int = 8, n_test: int = 16, seed: int = 0) -> Path:
+    """A ``cifar-10-batches-py`` folder with five tiny training batches and a test batch."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    for i in range(5):
+        images = rng.integers(0, 256, size=(per_batch, 3, 32, 32), dtype=np.uint8)
+        write_pickle(
+            folder / f"data_batch_{i + 1}", cifar_batch(images, [int(v) for v in rng.integers(0, 10, per_batch)])
+        )
+    images = rng.integers(0, 256, size=(n_test, 3, 32, 32), dtype=np.uint8)
+    write_pickle(folder / "test_batch", cifar_batch(images, [int(v) for v in rng.integers(0, 10, n_test)]))
+    return folder

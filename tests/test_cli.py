@@ -42,6 +42,15 @@ def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureF
     out_file = tmp_path / "x.dkm"
     assert main(["compress", str(run / "pretrain.ckpt"), "-o", str(out_file)]) == 0
     assert out_file.is_file()
+    (run / "report.md").unlink()
+    assert main(["report", str(run)]) == 0 and (run / "report.md").is_file()
+    sweep_dir = tmp_path / "sweep"
+    argv = ["sweep", str(run / "pretrain.ckpt"), "--data-dir", str(mnist_dir), "--out-dir", str(sweep_dir)]
+    assert main([*argv, "--scales", "0.5,1", "--p-offsets", ""]) == 0
+    points = json.loads((sweep_dir / "sweep.json").read_text())
+    assert len(points["points"] if isinstance(points, dict) else points) == 3  # dense + two K scales
+    assert (sweep_dir / "sweep.png").is_file()
+    assert main([*argv, "--scales", "x"]) == 2
 
 
 def test_train_resumes(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

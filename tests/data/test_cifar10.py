@@ -20,6 +20,8 @@ from deepkmeans.data.cifar10 import (
     random_crop_flip,
 )
 from deepkmeans.data.errors import DatasetError
+from tests.conftest import cifar_batch as _batch
+from tests.conftest import write_pickle as _write
 
 TRAIN_PER_BATCH = 2
 TEST_SIZE = 3
@@ -27,20 +29,6 @@ TEST_SIZE = 3
 
 def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, size=(n, 3, 32, 32), dtype=np.uint8)
-
-
-def _batch(images: np.ndarray, labels: list[int]) -> dict[bytes, object]:
-    return {
-        b"batch_label": b"synthetic batch",
-        b"labels": labels,
-        b"data": images.reshape(len(images), -1),
-        b"filenames": [f"img_{i}.png".encode() for i in range(len(images))],
-    }
-
-
-def _write(path: Path, obj: object) -> None:
-    with path.open("wb") as fh:
-        pickle.dump(obj, fh, protocol=2)
 
 
 @pytest.fixture()

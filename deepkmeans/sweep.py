@@ -1,0 +1,266 @@
+"""Accuracy vs compression ratio: compress one model over a grid of K and sparsity p, measure each point.
+
+The grid passes through the given compression config: one line scales every layer's K (K * s), the
+other shifts every layer's sparsity p (p + offset). Each point is a fresh copy of the model,
+compressed with :func:`deepkmeans.api.compress`, evaluated on the test set and accounted for in bits
+(optionally also written to a real file). Published results for the same model are kept as data with
+their source so that plots can mark them apart from what was measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepkmeans import api
+from deepkmeans.codec.container import write_atomic
+from deepkmeans.codec.model_file import CompressedModel
+from deepkmeans.config import CompressConfig
+from deepkmeans.data import Batches
+from deepkmeans.train import evaluate
+
+P_MAX = 0.99
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A compression result published in the literature, for comparison only (not measured here)."""
+
+    model: str
+    dataset: str
+    method: str
+    citation: str
+    paper_cr: float
+    error_pct: float
+    source: str
+
+
+PUBLISHED_ANCHORS: dict[tuple[str, str], tuple[Anchor, ...]] = {
+    ("lenet5_caffe", "mnist"): (
+        Anchor(
+            "lenet5_caffe",
+            "mnist",
+            "Soft weight-sharing",
+            "Ullrich et al. 2017",
+            162.0,
+            0.97,
+            "K. Ullrich, E. Meeds, M. Welling. Soft Weight-Sharing for Neural Network Compression. ICLR 2017"
+            " (arXiv:1702.04008), Table 1, LeNet-5-Caffe.",
+        ),
+        Anchor(
+            "lenet5_caffe",
+            "mnist",
+            "Deep Compression",
+            "Han et al. 2016",
+            39.0,
+            0.74,
+            "S. Han, H. Mao, W. J. Dally. Deep Compression: Compressing Deep Neural Networks with Pruning,"
+            " Trained Quantization and Huffman Coding. ICLR 2016 (arXiv:1510.00149), Table 1, LeNet-5.",
+        ),
+    ),
+}
+
+
+def anchors_for(model: str | None, dataset: str | None) -> tuple[Anchor, ...]:
+    """Published anchors for a (model, dataset) pair; none when the literature numbers do not apply."""
+    return PUBLISHED_ANCHORS.get((str(model), str(dataset)), ())
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One measured point: which grid it lies on, the concrete per-layer targets, accuracy and sizes.
+
+    ``grid`` is "dense" (the uncompressed model, CR 1), "K" (K scaled by ``k_scale``) or "p"
+    (sparsity p shifted by ``p_offset``). ``layers`` maps each config key to its K and p.
+    """
+
+    grid: str
+    k_scale: float
+    p_offset: float
+    layers: dict[str, dict[str, Any]]
+    test_acc: float
+    test_loss: float
+    paper_cr: float
+    file_cr: float | None
+    file_bytes: int | None
+    seconds: float
+
+    @property
+    def error_pct(self) -> float:
+        return 100.0 * (1.0 - self.test_acc)
+
+    @property
+    def label(self) -> str:
+        """Short tag for plots and tables: the grid coordinate of the point."""
+        if self.grid == "K":
+            return f"K x{self.k_scale:g}"
+        if self.grid == "p":
+            return f"p {self.p_offset:+g}"
+        return "dense"
+
+
+def scaled_config(config: CompressConfig, k_scale: float = 1.0, p_offset: float = 0.0) -> CompressConfig:
+    """The config with every layer's K scaled (rounded, >= 1) and sparsity p shifted (clipped to [0, 0.99])."""
+    layers = {
+        key: replace(
+            spec,
+            K=max(1, math.floor(spec.K * k_scale + 0.5)),
+            p=round(min(P_MAX, max(0.0, spec.p + p_offset)), 6),
+        )
+        for key, spec in config.layers.items()
+    }
+    return replace(config, layers=layers)
+
+
+def _targets(config: CompressConfig) -> dict[str, dict[str, Any]]:
+    return {key: {"K": spec.K, "p": spec.p, "d": spec.d} for key, spec in config.layers.items()}
+
+
+def _measure(
+    model: nn.Module,
+    test_batches: Batches,
+    device: torch.device,
+    config: CompressConfig | None,
+    file_dir: Path | None,
+    model_meta: dict[str, Any] | None,
+) -> tuple[float, float, float, float | None, int | None]:
+    """Compress a CPU copy of ``model`` (``None``: leave it dense) and return (acc, loss, paper CR, file CR, bytes)."""
+    shared = copy.deepcopy(model).cpu()
+    if config is None:
+        cm = CompressedModel({}, {})
+    else:
+        cm = api.compress(shared, config, model_meta)
+    size = api.save(cm, file_dir / "point.dkm") if file_dir is not None and config is not None else None
+    loss, acc = evaluate(shared.to(device), test_batches, device)
+    accounting = api.account(shared.cpu(), cm, size)
+    return acc, loss, accounting.paper_cr, accounting.file_cr, size
+
+
+def sweep(
+    model: nn.Module,
+    test_batches: Batches,
+    device: torch.device,
+    compress_config: CompressConfig,
+    scales: Sequence[float],
+    p_offsets: Sequence[float] = (),
+    measure_file: bool = True,
+    model_meta: dict[str, Any] | None = None,
+    on_point: Callable[[SweepPoint], None] | None = None,
+) -> list[SweepPoint]:
+    """Measure test accuracy and CR of ``model`` compressed at every grid point; ``model`` is not changed.
+
+    The first point is the dense model itself (CR 1). Then one point per K scale (p as configured) and
+    one per p offset (K as configured). A point whose rounded K / clipped p repeat an earlier one of the
+    same grid is dropped; identical targets on the two lines are measured once. ``measure_file`` also
+    writes each compressed file to a temporary folder to report the file CR; ``on_point`` is called
+    after each point (e.g. to print progress).
+    """
+    if not compress_config.layers:
+        raise ValueError("the compression config names no layer to share")
+    plan: list[tuple[str, float, float]] = [("K", float(s), 0.0) for s in scales]
+    plan += [("p", 1.0, float(o)) for o in p_offsets]
+    jobs: list[tuple[str, float, float, CompressConfig | None]] = [("dense", 1.0, 0.0, None)]
+    planned: set[tuple[str, str]] = set()
+    for grid, k_scale, p_offset in plan:
+        config = scaled_config(compress_config, k_scale, p_offset)
+        key = (grid, json.dumps(_targets(config), sort_keys=True))
+        if key not in planned:
+            planned.add(key)
+            config.validate()
+            jobs.append((grid, k_scale, p_offset, config))
+
+    points: list[SweepPoint] = []
+    measured: dict[str, tuple[tuple[float, float, float, float | None, int | None], float]] = {}
+    with tempfile.TemporaryDirectory(prefix="deepkmeans-sweep-") as tmp:
+        file_dir = Path(tmp) if measure_file else None
+        for grid, k_scale, p_offset, config in jobs:
+            targets = _targets(config) if config is not None else {}
+            key = json.dumps(targets, sort_keys=True)
+            if key not in measured:  # the configured point lies on both lines: measure it once
+                started = time.perf_counter()
+                values = _measure(model, test_batches, device, config, file_dir, model_meta)
+                measured[key] = (values, time.perf_counter() - started)
+            (acc, loss, paper_cr, file_cr, size), seconds = measured[key]
+            point = SweepPoint(grid, k_scale, p_offset, targets, acc, loss, paper_cr, file_cr, size, seconds)
+            points.append(point)
+            if on_point is not None:
+                on_point(point)
+    return points
+
+
+def sweep_table(points: Sequence[SweepPoint], anchors: Sequence[Anchor] = ()) -> str:
+    """Markdown table of the measured points, then the published anchors in a separate table."""
+    lines = [
+        "| grid | point | per-layer K | per-layer p | test accuracy | test error | paper CR | file CR | file bytes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for pt in points:
+        ks = ", ".join(f"{k}={v['K']}" for k, v in pt.layers.items()) or "-"
+        ps = ", ".join(f"{k}={v['p']:g}" for k, v in pt.layers.items()) or "-"
+        file_cr = f"{pt.file_cr:.1f}x" if pt.file_cr is not None else "-"
+        size = str(pt.file_bytes) if pt.file_bytes is not None else "-"
+        lines.append(
+            f"| {pt.grid} | {pt.label} | {ks} | {ps} | {100 * pt.test_acc:.2f}% | {pt.error_pct:.2f}% "
+            f"| {pt.paper_cr:.1f}x | {file_cr} | {size} |"
+        )
+    if anchors:
+        lines += [
+            "",
+            "Published results for the same model (from the literature, not measured here; each CR is as"
+            " reported by its authors, with their own storage accounting):",
+            "",
+            "| method | reported CR | reported test error | source |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {a.method} | {a.paper_cr:g}x | {a.error_pct:g}% | {a.source} |" for a in anchors]
+    return "\n".join(lines)
+
+
+def write_sweep(
+    points: Sequence[SweepPoint], out_dir: str | Path, model: str | None = None, dataset: str | None = None
+) -> Path:
+    """Write sweep.json, sweep.md (table + plot link) and sweep.png into ``out_dir``; returns sweep.md.
+
+    Published anchors are added when ``model`` / ``dataset`` name a pair the literature reports on.
+    """
+    from deepkmeans.report.plots import plot_sweep
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    anchors = anchors_for(model, dataset)
+    doc = {
+        "model": model,
+        "dataset": dataset,
+        "points": [asdict(pt) | {"label": pt.label, "error_pct": pt.error_pct} for pt in points],
+        "published_anchors": [asdict(a) for a in anchors],
+    }
+    write_atomic(out / "sweep.json", (json.dumps(doc, indent=2) + "\n").encode())
+    plot_sweep(points, anchors, out / "sweep.png")
+    subject = f"{model} on {dataset}" if model and dataset else "the model"
+    text = "\n".join(
+        [
+            f"# Accuracy vs compression: {subject}",
+            "",
+            "Measured: one compressed copy of the model per grid point (K scaled per layer, or sparsity p"
+            " shifted per layer), evaluated on the test set. Paper CR: dense bits / (K*d*32 + N*H + bias"
+            " bits) over conv + linear layers; file CR: float32 state dict / real compressed file.",
+            "",
+            sweep_table(points, anchors),
+            "",
+            "![accuracy vs compression ratio](sweep.png)",
+            "",
+        ]
+    )
+    path = out / "sweep.md"
+    write_atomic(path, text.encode())
+    return path
