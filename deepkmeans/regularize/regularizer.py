@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from deepkmeans.cluster.quantize import cluster_rows
+from deepkmeans.cluster.quantize import cluster_rows, refine_rows
 from deepkmeans.cluster.rows import to_rows
 from deepkmeans.compress import ResolvedSpec, layer_seed, resolve_specs, shareable_layers
 from deepkmeans.config import LayerSpec
@@ -22,7 +22,8 @@ class KMeansRegularizer:
     """Callable penalty for any model: ``loss + reg.penalty()``, then ``reg.step()`` after each update.
 
     ``method='kmeans'`` uses the exact indicator F from a k-means run that honours sparsity p, so
-    re-training pulls rows towards the very clustering compression will use. ``method='spectral'``
+    re-training pulls rows towards the very clustering compression will use. The first F comes from
+    a full k-means++ run; later refreshes continue Lloyd from the previous F (warm start). ``method='spectral'``
     is the paper's relaxation; it is identically zero when K >= d (rank(W) <= d), which is detected
     and reported once per layer.
     """
@@ -71,6 +72,8 @@ class KMeansRegularizer:
             rows = to_rows(self.weights[name].detach(), spec.d)
             if self.method == "spectral":
                 value = spectral_basis(rows, spec.k)
+            elif name in self.state:
+                value = refine_rows(rows, self.state[name], spec.k, spec.sparsity_p).assignments
             else:
                 value = cluster_rows(rows, spec.k, spec.sparsity_p, seed=layer_seed(self.seed, name)).assignments
             if dist.is_available() and dist.is_initialized():

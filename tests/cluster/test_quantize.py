@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from deepkmeans.cluster.quantize import cluster_rows, entropy_bits, hardness, sparse_count
+from deepkmeans.cluster.quantize import cluster_rows, entropy_bits, hardness, refine_rows, sparse_count
 
 
 def test_entropy_hand_computed() -> None:
@@ -50,3 +50,35 @@ def test_sparse_count_rounds() -> None:
     assert sparse_count(10, 0.25) == 3  # 2.5 rounds half up
     assert sparse_count(7, 0.0) == 0
     assert sparse_count(1000, 0.9) == math.floor(900.5)
+
+
+def _wcss(rows: torch.Tensor, assignments: torch.Tensor) -> float:
+    from deepkmeans.regularize.penalty import kmeans_penalty
+
+    return float(kmeans_penalty(rows, assignments, int(assignments.max()) + 1))
+
+
+def test_refine_rows_is_warm_started_lloyd() -> None:
+    torch.manual_seed(0)
+    blobs = torch.tensor([[0.0, 0.0], [5.0, 0.0], [0.0, 5.0]])
+    truth = torch.arange(300) % 3
+    rows = blobs[truth] + 0.3 * torch.randn(300, 2)
+    noisy = truth.clone()
+    noisy[::7] = (noisy[::7] + 1) % 3  # a stale clustering: one row in seven in the wrong cluster
+    refined = refine_rows(rows, noisy, 3)
+    assert torch.equal(refined.assignments, truth)
+    assert _wcss(rows, refined.assignments) < _wcss(rows, noisy)
+    torch.testing.assert_close(refined.centers, torch.stack([rows[truth == j].mean(0) for j in range(3)]))
+
+
+def test_refine_rows_reapplies_sparsity_p() -> None:
+    torch.manual_seed(1)
+    rows = torch.randn(100, 3)
+    first = cluster_rows(rows, 5, 0.5, seed=0)
+    moved = rows + 0.01 * torch.randn(100, 3)
+    refined = refine_rows(moved, first.assignments, 5, 0.5)
+    dist = (moved - moved.mean(0)).pow(2).sum(1)
+    sparse = refined.assignments == 0
+    assert int(sparse.sum()) == 50
+    assert float(dist[sparse].max()) <= float(dist[~sparse].min())
+    assert set(refined.assignments[~sparse].tolist()) <= {1, 2, 3, 4}

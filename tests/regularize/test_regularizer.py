@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepkmeans.cluster.quantize import cluster_rows
+from deepkmeans.cluster.quantize import cluster_rows, refine_rows
 from deepkmeans.cluster.rows import to_rows
 from deepkmeans.compress import layer_seed
 from deepkmeans.config import LayerSpec
@@ -39,7 +39,9 @@ def test_refresh_every_t_steps() -> None:
     assert torch.equal(reg.state["conv"], before)  # F fixed between refreshes
     reg.step()
     rows = to_rows(net.conv.weight.detach(), 3)
-    assert torch.equal(reg.state["conv"], cluster_rows(rows, 4, seed=layer_seed(0, "conv")).assignments)
+    # later refreshes continue Lloyd from the previous F
+    assert torch.equal(reg.state["conv"], refine_rows(rows, before, 4).assignments)
+    assert not torch.equal(reg.state["conv"], before)
 
 
 def test_spectral_warns_once_per_layer_when_k_ge_d() -> None:
