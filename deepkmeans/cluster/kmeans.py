@@ -4,21 +4,22 @@ The shapes are specific: short rows (d = 1..5), many of them (N up to ~10^6), fe
 hundred). Everything runs in torch on the rows' device, except the exact 1-D dynamic program, which is a
 long chain of small vectorized steps and runs on the host in numpy (lowest per-call cost).
 
-Speed plan for d >= 2 (the 3x3 convolutions):
-- Nearest-center search is a float32 GEMM ``[-2c, 1, |c|^2] @ [x; 1; |x|^2]`` per cache-sized block, with
-  the center index packed into the low mantissa bits of the (non-negative) distance, so one integer
-  min-reduction yields distance and argmin together (torch's argmin over a short axis is slow).
-- Every row keeps the margin between its nearest and second-nearest center. Centers move by at most
-  ``delta`` per iteration, which can shrink that margin by at most ``2 * delta``; a row is searched again
-  only once the accumulated movement could have used up its margin. Late Lloyd iterations, where few rows
-  are near a boundary, then cost O(N) comparisons instead of O(N K) distances.
-- Cluster sums are float64 and updated only by the rows that changed cluster; the inertia of the updated
-  centers follows from them as ``sum |x|^2 - sum_k |S_k|^2 / n_k``.
-- With many rows, seeding and a first Lloyd pass run on a random sample; Lloyd on all rows then starts
-  near convergence.
-The returned assignment is exact: rows whose margin is within the float32 error bound of a tie are
-re-assigned with float64 direct differences to the returned (input-dtype) centers, ties to the lowest
-index.
+d == 1 (the 1x1 shortcuts) needs no randomness: the exact DP over the sorted values when
+``k * N <= DP_MAX_WORK``, else the same DP over coarse groups of sorted values, polished by sorted Lloyd.
+
+d >= 2 (the 3x3 convolutions) runs greedy k-means++ and then exact Lloyd iterations, made cheap by:
+- a float32 GEMM ``[-2c, 1, |c|^2] @ [x, |x|^2, 1]^T`` per cache-sized block for the nearest-center
+  search, with the center index packed into the low mantissa bits of the (non-negative) distance, so one
+  integer min-reduction yields distance and argmin together (torch's argmin over a short axis is slow);
+- margins: a row is searched again only once the centers have moved enough to possibly change its
+  nearest center (see ``_Lloyd``), so late iterations touch only rows near a cluster boundary;
+- float64 cluster sums updated only by rows that changed cluster, giving the inertia of the new means
+  as ``sum |x|^2 - sum_k |S_k|^2 / n_k`` without a pass over the rows;
+- for large N, seeding and a first Lloyd pass on a random sample, so Lloyd on all rows starts close.
+Lloyd stops when an iteration lowers the inertia by less than ``tol`` (relative), when no row changes
+cluster, or after ``max_iter`` iterations (per pass). The returned assignment is exact: the margins
+certify each row's nearest returned (input-dtype) center beyond the float32 error bound, and rows they
+cannot certify are assigned with float64 direct differences, ties to the lowest index.
 """
 
 from __future__ import annotations
@@ -32,17 +33,22 @@ import torch
 # Bytes of float32 distances per block: the search is memory-bound, so cache-sized blocks are fastest
 # (and memory stays bounded for any N x K).
 _BLOCK_BYTES = 2**20
-# Exact 1-D dynamic program when K * (distinct values) is at most this. Its cost is about
-# K * N * log2(N) vectorized numpy element steps: ~0.1 s at this bound on one core. Above it, sorted
+# Exact 1-D dynamic program when K * (distinct values) is at most this. Its cost grows like
+# K * N * log2(N) vectorized numpy element steps: ~50 ms at this bound on one core. Above it, sorted
 # 1-D Lloyd (O(K log N) per iteration after one sort) takes over.
-DP_MAX_WORK = 2**19
+DP_MAX_WORK = 2**18
+# Groups of sorted values for the coarse exact DP that starts sorted 1-D Lloyd (see _lloyd_1d).
+_DP_GROUPS = 1024
 # Sample size for seeding and the first Lloyd pass: this many rows per center, at least _SAMPLE_MIN; used
 # when N exceeds twice the sample size.
 _SAMPLE_PER_CENTER = 256
 _SAMPLE_MIN = 2**14
-# Largest over-relaxation factor tried in Lloyd (see _Lloyd.run).
-_MAX_OVER_RELAXATION = 1.0
-# float32 unit roundoff; bounds the error of the distance GEMM (see _Lloyd._safety).
+# Look-ahead of Lloyd's near set, in recent center movements (see _Lloyd): larger means rarer scans of
+# all rows but a larger set to test each iteration.
+_HORIZON = 4.0
+# Tolerance of the Lloyd pass on a sample: it only provides a starting point for Lloyd on all rows.
+_SAMPLE_TOL = 1e-4
+# float32 unit roundoff; bounds the error of the distance GEMM (see _Lloyd.__init__).
 _U32 = 2.0**-24
 
 
@@ -60,11 +66,13 @@ class KMeansResult:
 
 
 def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, tol: float = 1e-6) -> KMeansResult:
-    """Cluster the ``(N, d)`` rows into ``k`` centers (k-means++ then Lloyd; exact DP for small d == 1).
+    """Cluster the ``(N, d)`` rows into ``k`` centers: k-means++ then Lloyd; for d == 1 the exact DP
+    when ``k * N <= DP_MAX_WORK`` (distinct values), else a coarse exact DP polished by sorted Lloyd.
 
-    Deterministic: the same rows, k and seed give bitwise-identical results on CPU. Lloyd stops when the
-    relative inertia change drops below ``tol``, no assignment changes, or after ``max_iter`` iterations.
-    Each row is assigned to its nearest returned center (float64 distance, ties to the lowest index).
+    Deterministic: the same rows, k and seed give bitwise-identical results on CPU (d == 1 uses no
+    randomness). Lloyd stops when an iteration lowers the inertia by less than ``tol`` (relative), no
+    assignment changes, or after ``max_iter`` iterations. Each row is assigned to its nearest returned
+    center (float64 distance, ties to the lowest index).
     """
     _validate(rows, k)
     n, d = rows.shape
@@ -73,8 +81,6 @@ def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, to
         return _distinct_rows(rows, x)
     if k == 1:
         return _finish(rows, x, x.mean(dim=0, keepdim=True))
-    generator = torch.Generator(device=rows.device)
-    generator.manual_seed(seed)
     if d == 1:
         values, counts = torch.unique(x[:, 0], sorted=True, return_counts=True)
         if values.numel() <= k:
@@ -82,8 +88,10 @@ def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, to
         if k * values.numel() <= DP_MAX_WORK:
             centers = _dp_centers(values, counts, k)
         else:
-            centers = _lloyd_1d(x, values, counts, k, generator, max_iter, tol)
+            centers = _lloyd_1d(values, counts, k, max_iter, tol)
         return _finish(rows, x, centers.unsqueeze(1))
+    generator = torch.Generator(device=rows.device)
+    generator.manual_seed(seed)
     return _cluster(rows, x, k, generator, max_iter, tol)
 
 
@@ -220,39 +228,60 @@ def _seed(x: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor |
 
 
 class _Lloyd:
-    """Lloyd iterations on centered float64 rows with margin-based skipping (see the module docstring).
+    """Lloyd iterations on centered float64 rows that only re-search rows whose nearest center may change.
 
-    Per row: center index, distance to it, and ``expiry``, the accumulated center movement (``drift``)
-    up to which its nearest center cannot change. Rows whose expiry lies within a horizon ahead of the
-    drift form the ``near`` set; only it is scanned until the drift passes the horizon.
+    At its last search a row had margin g between its nearest center a and the runner-up. Each center
+    j has moved by T_j in total since, and T_max sums the largest movement of every iteration; distances
+    change by at most the movement, so the row's nearest center is still a while T_a + T_max - (their
+    values at the search) < g. The row stores ``key = g + T_a + T_max`` (at the search) and is due once
+    ``key <= T_a + T_max``. Since T_a <= T_max, only rows with ``key <= 2 T_max`` can be due: rows whose
+    key is within a few recent movements form the ``near`` set (with compact copies of key and center
+    index), and only it is tested until T_max passes that horizon.
     """
 
-    def __init__(self, x: torch.Tensor, centers: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, centers: torch.Tensor, slack: float = 0.0) -> None:
         self.x = x
         self.k = centers.shape[0]
-        _, self.q = _augment(x)
+        self.q = _augment(x)[1]
         self.total_sq = float(x.square().sum())
         # Error bound of one float32 distance^2 from the GEMM: the terms |x|^2, 2|x.c|, |c|^2 sum to at
         # most (|x| + |c|)^2 <= 4 R^2 (centers are means, so |c| <= R), with d + 8 roundings.
-        radius_sq = float(x.square().sum(dim=1).max())
+        radius_sq = float(self.q[:, -2].max()) * (1.0 + 1e-6)
         self.gemm_error = max(4.0 * radius_sq * (x.shape[1] + 8) * _U32, 1e-300)
         self.index_bits = max(1, (self.k - 1).bit_length())
-        # Relative error of a distance^2 whose low index_bits mantissa bits were overwritten, plus slack for
-        # rounding the expiry to float32.
+        # Relative error of a distance^2 whose low index_bits mantissa bits were overwritten, plus room
+        # for rounding the key to float32. ``slack``: distances this close count as tied in float64.
         self.truncation = 2.0 ** (self.index_bits - 23) + 2.0**-20
+        self.slack = slack
         self.lanes = torch.arange(self.k, dtype=torch.int32, device=x.device).unsqueeze(1)
-        self.drift, self.horizon = 0.0, -math.inf
         self.centers = centers
-        self.assignments, self.distance, self.expiry = self._search(None)
+        self.travel = torch.zeros(self.k, dtype=torch.float32, device=x.device)
+        self.travel_max = 0.0
+        self.assignments, margin = self._search(None)
+        self.key = margin
         self._recount()
+        self._rescan(0.0)
 
     def _recount(self) -> None:
         self.sums = torch.zeros(self.k, self.x.shape[1], dtype=torch.float64, device=self.x.device)
         self.sums.index_add_(0, self.assignments, self.x)
         self.counts = torch.bincount(self.assignments, minlength=self.k).to(torch.float64).unsqueeze(1)
 
-    def _search(self, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Nearest center, its distance and the expiry of rows ``index`` (all rows if None)."""
+    def _rescan(self, increment: float) -> None:
+        """Collect the rows that may become due within a few more movements of size ``increment``.
+
+        Also rebases keys to zero travel, so their float32 rounding stays relative to the margins.
+        """
+        self.key -= self.travel[self.assignments] + self.travel_max
+        self.travel.zero_()
+        self.travel_max = 0.0
+        self.horizon = _HORIZON * increment
+        self.near = torch.nonzero(self.key <= 2.0 * self.horizon).flatten()
+        self.near_key = self.key[self.near]
+        self.near_assignments = self.assignments[self.near]
+
+    def _search(self, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest center of rows ``index`` (all rows if None) and a lower bound on their margin."""
         q = self.q if index is None else self.q[index]
         first, second = _two_nearest(self.centers, q, self.lanes, self.index_bits)
         assignments = first.bitwise_and(2**self.index_bits - 1).long()
@@ -260,96 +289,84 @@ class _Lloyd:
         d1 = first.bitwise_and_(low).view(torch.float32).sqrt_()
         d2 = second.bitwise_and_(low).view(torch.float32).sqrt_()
         # A distance with squared error E is off by at most min(sqrt(E), E / d). With E = gemm_error +
-        # truncation * d^2 this is at most ~min(sqrt(gemm_error), gemm_error / d) + truncation * d, for
-        # d1 <= d2 at most `bound` below; the margin d2 - d1 is thus off by at most 2 * bound, and we
-        # subtract twice that.
+        # truncation * d^2 that is about min(sqrt(gemm_error), gemm_error / d) + truncation * d, which for
+        # d1 <= d2 is at most `bound`; the margin d2 - d1 is off by at most 2 * bound: subtract twice that.
         bound = torch.div(self.gemm_error, d1).clamp_(max=self.gemm_error**0.5).add_(d2, alpha=self.truncation)
-        expiry = torch.sub(d2, d1).sub_(bound, alpha=4.0).add_(self.drift)
-        return assignments, d1, expiry
+        return assignments, torch.sub(d2, d1).sub_(bound, alpha=4.0).sub_(self.slack)
 
     def mean_centers(self) -> torch.Tensor:
-        return self.sums / self.counts
+        """Cluster means; a cluster left empty keeps its current center."""
+        return torch.where(self.counts > 0, self.sums / self.counts, self.centers)
 
     def inertia(self) -> float:
-        return max(0.0, self.total_sq - float((self.sums.square() / self.counts).sum()))
-
-    def move_centers(self, centers: torch.Tensor) -> None:
-        """Adopt new centers; their largest movement can shrink any row's margin by twice as much."""
-        increment = 2.0 * float((centers - self.centers).square().sum(dim=1).max().sqrt())
-        self.drift += increment
-        self.centers = centers
-        if self.drift > self.horizon or self.horizon - self.drift > 32.0 * increment:
-            # Look ahead a few movements of this size; rescan when movement has slowed down a lot.
-            self.horizon = self.drift + 8.0 * increment
-            self.near = torch.nonzero(self.expiry <= self.horizon).flatten()
-
-    def assign(self, centers: torch.Tensor) -> int:
-        """Move to ``centers`` and re-search the rows whose margin may be used up; returns how many rows
-        changed cluster (their sums and counts are updated incrementally)."""
-        self.move_centers(centers)
-        due = self.near[self.expiry[self.near] <= self.drift]
-        if due.numel() == 0:
-            return 0
-        new, self.distance[due], self.expiry[due] = self._search(due)
-        old = self.assignments[due]
-        changed = torch.nonzero(new != old).flatten()
-        if changed.numel() == 0:
-            return 0
-        moved, old, new = due[changed], old[changed], new[changed]
-        rows = self.x[moved]
-        self.sums.index_add_(0, old, rows, alpha=-1.0).index_add_(0, new, rows)
-        ones = torch.ones(moved.numel(), 1, dtype=torch.float64, device=rows.device)
-        self.counts.index_add_(0, old, ones, alpha=-1.0).index_add_(0, new, ones)
-        self.assignments[moved] = new
-        return moved.numel()
+        """Squared error of the current assignment at its cluster means."""
+        return max(0.0, self.total_sq - float((self.sums.square() / self.counts.clamp(min=1.0)).sum()))
 
     def energy(self) -> float:
-        """Squared error of the current assignment at the current (not necessarily mean) centers."""
+        """Squared error of the current assignment at the current centers."""
         c = self.centers
-        cross = float((self.sums * c).sum())
-        return self.total_sq - 2.0 * cross + float((self.counts * c.square()).sum())
+        return self.total_sq - 2.0 * float((self.sums * c).sum()) + float((self.counts * c.square()).sum())
+
+    def move_centers(self, centers: torch.Tensor) -> torch.Tensor:
+        """Adopt ``centers``; returns the rows whose nearest center may have changed."""
+        movement = (centers - self.centers).square_().sum(dim=1).sqrt_().float()
+        increment = float(movement.max())
+        self.travel += movement
+        self.travel_max += increment
+        self.centers = centers
+        if self.travel_max > self.horizon or self.horizon - self.travel_max > 4.0 * _HORIZON * increment:
+            self._rescan(increment)
+        reach = self.travel[self.near_assignments].add_(self.travel_max)
+        self.due_position = torch.nonzero(self.near_key <= reach).flatten()
+        return self.near[self.due_position]
+
+    def assign(self, centers: torch.Tensor) -> int:
+        """Move to ``centers``, re-search the rows whose margin may be used up, update sums and counts;
+        returns how many rows changed cluster."""
+        due = self.move_centers(centers)
+        if due.numel() == 0:
+            return 0
+        new, margin = self._search(due)
+        key = margin.add_(self.travel[new]).add_(self.travel_max)
+        self.key[due] = key
+        self.near_key[self.due_position] = key
+        self.near_assignments[self.due_position] = new
+        old = self.assignments[due]
+        changed = torch.nonzero(new != old).flatten()
+        if changed.numel():
+            self._move_rows(due[changed], old[changed], new[changed])
+        return changed.numel()
+
+    def _move_rows(self, rows: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
+        x = self.x[rows]
+        self.sums.index_add_(0, old, x, alpha=-1.0).index_add_(0, new, x)
+        ones = torch.ones(rows.numel(), 1, dtype=torch.float64, device=x.device)
+        self.counts.index_add_(0, old, ones, alpha=-1.0).index_add_(0, new, ones)
+        self.assignments[rows] = new
 
     def reseed_empty(self) -> bool:
         """Give each empty cluster the row farthest from its center (deterministic order)."""
         if float(self.counts.min()) > 0:
             return False
         empty = torch.nonzero(self.counts[:, 0] == 0).flatten()
-        far = torch.sort(self.distance, descending=True, stable=True).indices[: empty.numel()]
+        distance = (self.x - self.centers[self.assignments]).square_().sum(dim=1)
+        far = torch.sort(distance, descending=True, stable=True).indices[: empty.numel()]
         self.assignments[far] = empty
-        self.distance[far] = 0.0
-        self.expiry[far] = -math.inf
-        self.horizon = -math.inf
+        self.key[far] = -math.inf
         self._recount()
+        self._rescan(0.0)
         return True
 
     def run(self, max_iter: int, tol: float) -> torch.Tensor:
-        """Over-relaxed Lloyd to convergence; returns the final cluster means (float64, centered).
-
-        A plain Lloyd step moves centers c to the means g. Near convergence Lloyd crawls along flat
-        directions, so each iteration tries ``c + beta (g - c)`` with growing ``beta`` and keeps it only
-        if its error beats that of g without re-assignment (an upper bound of the plain step's result);
-        otherwise it takes the plain step and restarts at ``beta = 1``. The inertia after each iteration
-        therefore never increases, exactly as in Lloyd.
-        """
+        """Lloyd to convergence; returns the final cluster means (float64, centered coordinates)."""
         self.reseed_empty()
         previous = self.inertia()
-        beta = 1.0
         for _ in range(max_iter):
-            target = self.mean_centers()
-            plain = beta == 1.0
-            if plain:
-                changed = self.assign(target)
-            else:
-                changed = self.assign(self.centers + beta * (target - self.centers))
-                if self.energy() > previous:
-                    plain = True
-                    changed = self.assign(target)
-            beta = 1.0 if plain and beta > 1.0 else min(2.0 * beta, _MAX_OVER_RELAXATION)
+            changed = self.assign(self.mean_centers())
             if self.reseed_empty():
-                beta = 1.0
                 previous = self.inertia()
                 continue
-            if changed == 0 and plain:
+            if changed == 0:
                 break
             current = self.inertia()
             if previous - current <= tol * previous:
@@ -357,22 +374,26 @@ class _Lloyd:
             previous = current
         return self.mean_centers()
 
-    def exact_assignments(self, x: torch.Tensor, centers: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """Exact assignments of the uncentered rows ``x`` to the uncentered ``centers``: rows whose margin
-        survives the move to ``centers`` keep their cluster, the others get a float64 search."""
-        self.move_centers(centers - mean)
-        assignments = self.assignments.clone()
-        due = torch.nonzero(self.expiry <= self.drift).flatten()
+    def finish(self, centers: torch.Tensor, x: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Exact assignments of the uncentered rows ``x`` to the uncentered ``centers`` and their inertia.
+
+        Rows whose margin survives the move to ``centers`` keep their cluster; the others get a float64
+        search. The inertia follows from the updated cluster sums.
+        """
+        due = self.move_centers(centers - mean)
         if due.numel():
-            assignments[due] = _nearest_exact(x[due], centers)
-        return assignments
+            new = _nearest_exact(x[due], centers)
+            old = self.assignments[due]
+            changed = torch.nonzero(new != old).flatten()
+            self._move_rows(due[changed], old[changed], new[changed])
+        return self.assignments, max(0.0, self.energy())
 
 
 def _two_nearest(
     centers: torch.Tensor, q: torch.Tensor, lanes: torch.Tensor, index_bits: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed (float32 distance^2 bits | center index) of the nearest and second-nearest center per row of
-    ``q`` (see :func:`_augment`).
+    """Packed (float32 distance^2 bits | center index) of the two nearest centers per row of ``q`` (see
+    :func:`_augment`).
 
     A non-negative float32 viewed as int32 orders like the float, so after replacing the low
     ``index_bits`` mantissa bits by the center index (``lanes``) one integer min gives distance and argmin.
@@ -406,25 +427,25 @@ def _cluster(
         if seeds is None:
             return _distinct_rows(rows, x)
         centers = centered[seeds]
-    lloyd = _Lloyd(centered, centers)
+    # Centering rounds each coordinate by about |mean| * 2^-53: distances within that are ties.
+    lloyd = _Lloyd(centered, centers, slack=1e-13 * float(mean.norm()))
     out = (lloyd.run(max_iter, tol) + mean).to(rows.dtype)
-    exact = out.to(torch.float64)
-    assignments = lloyd.exact_assignments(x, exact, mean)
-    return KMeansResult(out, assignments, _inertia(x, exact, assignments))
+    assignments, inertia = lloyd.finish(out.to(torch.float64), x, mean)
+    return KMeansResult(out, assignments, inertia)
 
 
 def _sample_centers(
     x: torch.Tensor, k: int, generator: torch.Generator, max_iter: int, tol: float
 ) -> torch.Tensor | None:
-    """Seeds plus Lloyd on a random sample when N is over twice the sample size (else None)."""
+    """Seeds plus Lloyd on a random sample (with replacement) when N is over twice the sample size."""
     size = max(_SAMPLE_MIN, _SAMPLE_PER_CENTER * k)
     if x.shape[0] <= 2 * size:
         return None
-    sample = x[torch.randperm(x.shape[0], generator=generator, device=x.device)[:size]]
+    sample = x[torch.randint(x.shape[0], (size,), generator=generator, device=x.device)]
     seeds = _seed(sample, k, generator)
     if seeds is None:
         return None
-    return _Lloyd(sample, sample[seeds]).run(max_iter, tol)
+    return _Lloyd(sample, sample[seeds]).run(max_iter, max(tol, _SAMPLE_TOL))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -509,25 +530,29 @@ def _dp_layer(
     return value, opt
 
 
-def _lloyd_1d(
-    x: torch.Tensor,
-    values: torch.Tensor,
-    counts: torch.Tensor,
-    k: int,
-    generator: torch.Generator,
-    max_iter: int,
-    tol: float,
-) -> torch.Tensor:
-    """Lloyd on sorted distinct values: clusters are runs split at center midpoints (searchsorted) and run
-    sums come from prefix sums, so an iteration costs O(K log N). Returns ascending float64 centers."""
+def _lloyd_1d(values: torch.Tensor, counts: torch.Tensor, k: int, max_iter: int, tol: float) -> torch.Tensor:
+    """Near-optimal 1-D k-means when the exact DP is too costly; returns ascending float64 centers.
+
+    Starts from the exact DP over groups of consecutive sorted values, cut at ``_DP_GROUPS`` (at least
+    16 per center) equal steps of weight, of count and of value (so sparse tails are cut finely too): the
+    optimum among partitions that keep each group whole. Then polishes with Lloyd on the sorted values:
+    clusters are runs split at center midpoints (searchsorted) and run sums come from prefix sums, so an
+    iteration costs O(K log N).
+    """
     m = values.numel()
     shift = float((values * counts).sum() / counts.sum())
     values = values - shift
     pw, p1, p2 = _prefix_sums(values, counts)
-    size = min(x.shape[0], max(_SAMPLE_MIN, _SAMPLE_PER_CENTER * k))
-    sample = x[torch.randperm(x.shape[0], generator=generator, device=x.device)[:size]] - shift
-    seeds = _seed(sample, k, generator)
-    centers = torch.sort(sample[seeds, 0] if seeds is not None else values[:k]).values
+    groups = max(_DP_GROUPS, 16 * k)
+    cuts = torch.linspace(0.0, 1.0, groups + 1, dtype=torch.float64, device=values.device)
+    by_weight = torch.searchsorted(pw, cuts * pw[-1])
+    by_count = (cuts * m).round().long()
+    by_value = torch.searchsorted(values, values[0] + cuts * (values[-1] - values[0]))
+    edges = torch.unique(torch.cat([by_weight.clamp(max=m), by_count, by_value]))
+    ew, e1, e2 = (t[edges].cpu().numpy() for t in (pw, p1, p2))
+    bounds = _dp_bounds(ew, e1, e2, k)
+    centers = torch.from_numpy((e1[bounds[1:]] - e1[bounds[:-1]]) / (ew[bounds[1:]] - ew[bounds[:-1]]))
+    centers = centers.to(values.device)
     previous, bounds = math.inf, None
     for _ in range(max_iter):
         cut = torch.searchsorted(values, (centers[1:] + centers[:-1]) * 0.5, right=True)
@@ -547,7 +572,7 @@ def _lloyd_1d(
         current = float((p2[new_bounds[1:]] - p2[new_bounds[:-1]] - s1 * centers).sum())
         if bounds is not None and torch.equal(bounds, new_bounds):
             break
-        if previous - current <= tol * previous:
+        if previous - current <= tol * current:
             break
         previous, bounds = current, new_bounds
     return centers + shift

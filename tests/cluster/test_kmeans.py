@@ -1,0 +1,220 @@
+"""k-means: optimality on tiny data (brute force over all partitions), determinism, edge cases."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from deepkmeans.cluster import kmeans as kmeans_module
+from deepkmeans.cluster.kmeans import KMeansResult, kmeans, kmeans_1d_exact
+
+
+def brute_force_inertia(x: np.ndarray, k: int, weights: np.ndarray | None = None) -> float:
+    """Smallest within-cluster squared error over every assignment of the (weighted) rows to k non-empty
+    clusters."""
+    n = x.shape[0]
+    w = np.ones(n) if weights is None else weights
+    labels = np.array(list(itertools.product(range(k), repeat=n)))
+    labels = labels[np.array([len(set(row)) == k for row in labels])]
+    total = np.zeros(labels.shape[0])
+    for c in range(k):
+        member = (labels == c) * w
+        sums = member @ x
+        total += member @ (x * x).sum(axis=1) - (sums * sums).sum(axis=1) / member.sum(axis=1)
+    return float(total.min())
+
+
+def direct_inertia(rows: torch.Tensor, result: KMeansResult) -> float:
+    x = rows.double()
+    return float((x - result.centers.double()[result.assignments]).square().sum())
+
+
+def assert_nearest(rows: torch.Tensor, result: KMeansResult) -> None:
+    """Every row sits with its nearest returned center (float64), ties to the lowest index."""
+    dist = (rows.double()[:, None, :] - result.centers.double()[None, :, :]).square().sum(dim=2)
+    assert torch.equal(result.assignments, dist.argmin(dim=1))
+
+
+def blobs(n: int, d: int, centers: int, seed: int, spread: float = 0.3) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(centers, d, generator=g, dtype=torch.float64) * 4.0
+    which = torch.randint(centers, (n,), generator=g)
+    return (means[which] + spread * torch.randn(n, d, generator=g, dtype=torch.float64)).float()
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("k", [2, 3])
+def test_1d_dp_equals_brute_force(seed: int, k: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((7, 1))
+    if seed % 2:
+        x[3] = x[1]  # duplicates become weights in the DP
+    expected = brute_force_inertia(x, k)
+    rows = torch.from_numpy(x)
+    for result in (kmeans_1d_exact(rows, k), kmeans(rows, k, seed=seed)):
+        assert result.inertia == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert direct_inertia(rows, result) == pytest.approx(expected, rel=1e-12, abs=1e-15)
+        assert_nearest(rows, result)
+
+
+@pytest.mark.parametrize("tail", [False, True])
+def test_1d_fallback_is_near_the_exact_optimum(monkeypatch: pytest.MonkeyPatch, tail: bool) -> None:
+    g = torch.Generator().manual_seed(1)
+    rows = torch.randn(3000, 1, generator=g, dtype=torch.float64)
+    if tail:  # heavy-tailed values: a few far outliers deserve clusters of their own
+        rows = rows / torch.rand(3000, 1, generator=g, dtype=torch.float64).sqrt()
+    exact = kmeans(rows, 9)
+    monkeypatch.setattr(kmeans_module, "DP_MAX_WORK", 0)  # force the sorted 1-D Lloyd fallback
+    fallback = kmeans(rows, 9)
+    assert_nearest(rows, fallback)
+    assert exact.inertia <= fallback.inertia * (1 + 1e-12)
+    assert fallback.inertia <= exact.inertia * 1.001
+    assert exact.inertia == pytest.approx(kmeans_1d_exact(rows, 9).inertia, rel=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lloyd_reaches_optimum_on_separated_2d_data(seed: int) -> None:
+    x = np.array([[0.0, 0.0], [0.0, 0.1], [10.0, 0.0], [10.0, 0.1], [10.0, 0.2], [0.0, 10.0], [0.1, 10.0]])
+    rows = torch.from_numpy(x[np.random.default_rng(seed).permutation(7)])
+    for k in (2, 3):
+        result = kmeans(rows, k, seed=seed)
+        assert result.inertia == pytest.approx(brute_force_inertia(rows.numpy(), k), rel=1e-9)
+        assert_nearest(rows, result)
+
+
+@pytest.mark.parametrize("shape,k", [((34000, 3), 8), ((20000, 1), 20), ((600, 1), 5), ((3000, 5), 40)])
+def test_same_seed_gives_identical_results(shape: tuple[int, int], k: int) -> None:
+    rows = torch.randn(*shape, generator=torch.Generator().manual_seed(3))
+    first, second = kmeans(rows, k, seed=7), kmeans(rows, k, seed=7)
+    assert torch.equal(first.centers, second.centers)
+    assert torch.equal(first.assignments, second.assignments)
+    assert first.inertia == second.inertia
+
+
+@pytest.mark.parametrize("shape,k", [((34000, 3), 8), ((5000, 2), 30), ((20000, 1), 20), ((2000, 4), 3)])
+def test_assignments_match_returned_centers(shape: tuple[int, int], k: int) -> None:
+    rows = torch.randn(*shape, generator=torch.Generator().manual_seed(5))
+    result = kmeans(rows, k, seed=1)
+    assert result.centers.dtype == rows.dtype and result.centers.shape == (k, shape[1])
+    assert result.assignments.dtype == torch.int64 and result.assignments.shape == (shape[0],)
+    assert_nearest(rows, result)
+    assert result.inertia == pytest.approx(direct_inertia(rows, result), rel=1e-9)
+
+
+@pytest.mark.parametrize("d,k,seed", [(2, 5, 0), (3, 8, 1), (5, 12, 2), (3, 30, 3), (1, 6, 4)])
+def test_inertia_not_worse_than_sklearn(d: int, k: int, seed: int) -> None:
+    sklearn_cluster = pytest.importorskip("sklearn.cluster")
+    rows = blobs(6000, d, k, seed)
+    ours = kmeans(rows, k, seed=seed)
+    theirs = sklearn_cluster.KMeans(n_clusters=k, n_init=1, random_state=seed).fit(rows.numpy())
+    assert ours.inertia <= theirs.inertia_ * 1.01
+
+
+def test_k_equal_one_is_the_mean_row() -> None:
+    rows = torch.randn(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    result = kmeans(rows, 1)
+    assert torch.allclose(result.centers, rows.mean(dim=0, keepdim=True))
+    assert torch.equal(result.assignments, torch.zeros(50, dtype=torch.int64))
+    assert result.inertia == pytest.approx(float((rows - rows.mean(dim=0)).square().sum()))
+
+
+@pytest.mark.parametrize("k", [5, 6, 40])
+def test_k_at_least_n_keeps_each_distinct_row(k: int) -> None:
+    rows = torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [0.0, 0.0], [5.0, 5.0]])
+    result = kmeans(rows, k)
+    assert result.inertia == 0.0
+    assert result.centers.shape == (4, 2)  # distinct rows only, not padded to k
+    assert torch.equal(result.centers[result.assignments], rows)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+def test_fewer_distinct_rows_than_k(d: int) -> None:
+    distinct = torch.randn(4, d, generator=torch.Generator().manual_seed(2))
+    rows = distinct[torch.randint(4, (300,), generator=torch.Generator().manual_seed(3))]
+    result = kmeans(rows, 6)
+    assert result.inertia == 0.0
+    assert result.centers.shape == (4, d)
+    assert torch.equal(result.centers[result.assignments], rows)
+
+
+def test_duplicate_heavy_rows() -> None:
+    # Many exact duplicates (e.g. pruned zeros) next to a few distinct rows: every run ends at a Lloyd
+    # fixed point, and the best of a few seeds is the optimum (k-means++ is a heuristic, one seed may not).
+    rows = torch.zeros(500, 3, dtype=torch.float64)
+    rows[:7] = torch.randn(7, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 10
+    results = [kmeans(rows, 4, seed=seed) for seed in range(5)]
+    for result in results:
+        assert_nearest(rows, result)
+        for c in range(4):
+            assert torch.allclose(result.centers[c], rows[result.assignments == c].mean(dim=0))
+    weights = np.array([1.0] * 7 + [493.0])
+    optimum = brute_force_inertia(rows[:8].numpy(), 4, weights)
+    assert min(r.inertia for r in results) == pytest.approx(optimum, rel=1e-9)
+
+
+def test_empty_clusters_are_reseeded() -> None:
+    x = blobs(400, 2, 3, seed=9, spread=0.05).double()
+    x = x - x.mean(dim=0)
+    # Two identical starting centers: ties go to the first, so the second starts empty.
+    start = x[[0, 0, 1]].clone()
+    lloyd = kmeans_module._Lloyd(x, start)
+    centers = lloyd.run(100, 1e-9)
+    assert bool((lloyd.counts > 0).all())
+    assert torch.isfinite(centers).all()
+    assert lloyd.inertia() == pytest.approx(kmeans(x, 3).inertia, rel=1e-6)
+
+
+def test_ties_go_to_the_lowest_index() -> None:
+    values = torch.tensor([0.0, 2.0, -2.0], dtype=torch.float64)
+    centers = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+    assert kmeans_module._nearest_exact_1d(values, centers).tolist() == [0, 0, 1]
+    rows = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
+    centers_2d = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    assert kmeans_module._nearest_exact(rows, centers_2d).tolist() == [0, 0]
+
+
+def test_float64_and_offset_rows() -> None:
+    # A large common offset must not cost precision (rows are centered internally).
+    base = blobs(3000, 3, 6, seed=11).double()
+    shifted = kmeans(base + 1e4, 6, seed=0)
+    plain = kmeans(base, 6, seed=0)
+    assert shifted.centers.dtype == torch.float64
+    assert_nearest(base + 1e4, shifted)
+    assert shifted.inertia == pytest.approx(plain.inertia, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "rows,k,message",
+    [
+        (torch.randn(10, 2), 0, "k must be"),
+        (torch.randn(10, 2), -3, "k must be"),
+        (torch.randn(10, 2), 2.0, "k must be"),
+        (torch.randn(10, 2), True, "k must be"),
+        (torch.randn(0, 2), 2, "non-empty"),
+        (torch.randn(5, 0), 2, "non-empty"),
+        (torch.randn(10), 2, "2-D"),
+        (torch.randn(2, 3, 4), 2, "2-D"),
+        (torch.tensor([[1.0, float("nan")], [0.0, 0.0]]), 1, "NaN or infinite"),
+        (torch.tensor([[1.0], [float("inf")]]), 1, "NaN or infinite"),
+        (torch.ones(4, 2, dtype=torch.int64), 2, "floating point"),
+    ],
+)
+def test_invalid_input_raises(rows: torch.Tensor, k: int, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        kmeans(rows, k)
+
+
+def test_1d_exact_rejects_wide_rows() -> None:
+    with pytest.raises(ValueError, match="length 1"):
+        kmeans_1d_exact(torch.randn(10, 2), 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_cuda() -> None:
+    rows = blobs(50000, 3, 10, seed=0).cuda()
+    result = kmeans(rows, 10)
+    assert result.centers.device.type == "cuda" and result.assignments.device.type == "cuda"
+    assert_nearest(rows.cpu(), KMeansResult(result.centers.cpu(), result.assignments.cpu(), result.inertia))
