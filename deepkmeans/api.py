@@ -17,7 +17,7 @@ from deepkmeans.codec import model_file
 from deepkmeans.codec.container import MAGIC
 from deepkmeans.codec.model_file import CompressedModel
 from deepkmeans.compress import Accounting, account, compress
-from deepkmeans.errors import DeepKMeansError, FormatError
+from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
 from deepkmeans.models import build_model
 from deepkmeans.regularize.regularizer import KMeansRegularizer
 from deepkmeans.train import load_checkpoint
@@ -51,20 +51,41 @@ def _restore(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> n
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise FormatError(f"{source}: tensors do not fit the model ({first[0] if first else exc})") from None
+        detail = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
+        raise FormatError(f"{source}: tensors do not fit the model ({'; '.join(detail)[:300] or exc})") from None
     return model
+
+
+def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:
+    """Compare declared shapes with the model before expanding anything (a hostile file stays cheap)."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    declared = {f"{n}.weight": tuple(code.shape) for n, code in cm.layers.items()}
+    declared.update({k: tuple(v.shape) for k, v in cm.dense.items()})
+    if declared.keys() != expected.keys():
+        missing = sorted(expected.keys() - declared.keys())[:3]
+        extra = sorted(declared.keys() - expected.keys())[:3]
+        raise FormatError(f"{source}: tensors do not fit the model (missing {missing}, unexpected {extra})")
+    for key, shape in declared.items():
+        if shape != expected[key]:
+            raise FormatError(f"{source}: tensors do not fit the model ({key} is {shape}, model has {expected[key]})")
+
+
+def _rebuild(cm: CompressedModel, model: nn.Module | None, source: str) -> nn.Module:
+    if model is None:
+        name = cm.model.get("name")
+        if not isinstance(name, str):
+            raise FormatError(f"{source}: file names no built-in architecture; pass model= to load it")
+        try:
+            model = build_model(name)
+        except ConfigError as exc:
+            raise FormatError(f"{source}: {exc}") from None
+    _check_shapes(cm, model, source)
+    return _restore(model, cm.state_dict(), source)
 
 
 def load(path: str | Path, model: nn.Module | None = None) -> nn.Module:
     """Rebuild a runnable model from a compressed file; ``model`` supplies the architecture if given."""
-    cm = load_compressed(path)
-    if model is None:
-        name = cm.model.get("name")
-        if not isinstance(name, str):
-            raise FormatError(f"{path}: file names no built-in architecture; pass model= to load it")
-        model = build_model(name)
-    return _restore(model, cm.state_dict(), str(path))
+    return _rebuild(load_compressed(path), model, str(path))
 
 
 def is_compressed_file(path: str | Path) -> bool:
@@ -83,7 +104,8 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any], Compre
         raise DeepKMeansError(f"{path}: no such file")
     if is_compressed_file(path):
         cm = load_compressed(path)
-        return load(path), {"model": cm.model.get("name"), "dataset": cm.model.get("dataset")}, cm
+        meta = {"model": cm.model.get("name"), "dataset": cm.model.get("dataset")}
+        return _rebuild(cm, None, str(path)), meta, cm
     state = load_checkpoint(path)
     meta = dict(state.get("meta", {}))
     name = meta.get("model")

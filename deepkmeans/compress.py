@@ -35,11 +35,18 @@ def shareable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def resolve_specs(model: nn.Module, layers: dict[str, LayerSpec]) -> dict[str, ResolvedSpec]:
-    """Match config keys (names or glob patterns, first match wins) to layers; reject unknown names."""
+    """Match config keys to layers (first match wins); a key that matches nothing is an error.
+
+    A key is a module name, a glob pattern over names (``layer3.*.conv2``, ``*``), or ``type:Class``
+    to select by module class (``type:Conv2d``, ``type:Linear``).
+    """
     candidates = shareable_layers(model)
     resolved: dict[str, ResolvedSpec] = {}
     for pattern, spec in layers.items():
-        matches = [n for n in candidates if fnmatch.fnmatchcase(n, pattern)]
+        if pattern.startswith("type:"):
+            matches = [n for n, m in candidates.items() if type(m).__name__ == pattern[len("type:") :]]
+        else:
+            matches = [n for n in candidates if fnmatch.fnmatchcase(n, pattern)]
         if not matches:
             raise ConfigError(
                 f"compress.layers: {pattern!r} matches no conv/linear layer of the model;"

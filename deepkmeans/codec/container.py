@@ -39,7 +39,7 @@ META_KEY = "deepkmeans"
 def pack(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> bytes:
     """Serialize metadata + named arrays into container bytes (deterministic for equal inputs)."""
     doc = json.dumps(meta, sort_keys=True, separators=(",", ":"))
-    payload = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in tensors.items()}, {META_KEY: doc})
+    payload = safetensors.numpy.save({k: np.require(v, requirements="C") for k, v in tensors.items()}, {META_KEY: doc})
     return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, zlib.crc32(payload), len(payload), 0) + payload
 
 

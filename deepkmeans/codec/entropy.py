@@ -28,15 +28,22 @@ def encode_indexes(assignments: np.ndarray, k: int) -> tuple[np.ndarray, np.ndar
 
 
 def decode_indexes(words: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`encode_indexes`; raises ValueError on a stream that does not decode."""
+    """Inverse of :func:`encode_indexes`; raises ValueError on a stream that does not decode.
+
+    ``counts`` fixes how many indexes are decoded, whatever the length of ``words``: callers bound its sum.
+    """
     counts = np.asarray(counts, dtype=np.int64)
     n = int(counts.sum())
     k = len(counts)
-    if k == 1 or n == 0:
-        return np.zeros(n, dtype=np.int64)
+    if words.dtype != np.uint32 or words.ndim != 1:
+        raise ValueError(f"index stream must be a 1-D uint32 array, got {words.dtype} of shape {words.shape}")
     if (counts < 0).any():
         raise ValueError("negative symbol count")
-    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words, dtype=np.uint32))
+    if k == 1 or n == 0:
+        if words.size:
+            raise ValueError("index stream given where every index is known (one symbol or none)")
+        return np.zeros(n, dtype=np.int64)
+    coder = constriction.stream.stack.AnsCoder(np.ascontiguousarray(words))
     symbols = coder.decode(_model(counts), n).astype(np.int64)
     if not coder.is_empty() or not np.array_equal(np.bincount(symbols, minlength=k), counts):
         raise ValueError("index stream does not match its symbol counts")

@@ -5,6 +5,7 @@ Knows tensors, not ``torch.nn``: rebuilding a runnable module is the API layer's
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,24 +78,48 @@ def to_bytes(cm: CompressedModel) -> bytes:
     return pack(meta, tensors)
 
 
-def _layer_from(name: str, info: Any, tensors: dict[str, np.ndarray]) -> LayerCode:
-    try:
-        shape = tuple(int(s) for s in info["shape"])
-        d = int(info["d"])
-        p = float(info["p"])
-        counts = np.asarray(info["counts"], dtype=np.int64)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"bad layer entry ({exc})") from None
-    centers = tensors.get(f"shared/{name}/centers")
-    if centers is None or centers.ndim != 2 or centers.dtype != np.float32:
-        raise ValueError("missing or malformed centers")
+# Most weights the shared layers of one file may expand to (1 GiB as float32), checked before anything is
+# allocated: without it a few bytes (K = 1 needs no index stream) could declare a layer that exhausts memory.
+MAX_SHARED_ELEMENTS = 2**28
+_MAX_NDIM = 8  # conv1d/2d/3d and linear weights have 2 to 5 dims
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be an integer, got {type(value).__name__}")
+    return value
+
+
+def _layer_from(name: str, info: Any, tensors: dict[str, np.ndarray], budget: int) -> LayerCode:
+    """Validate one layer entry against its tensors, then decode it; ``budget`` bounds its element count."""
+    if not isinstance(info, dict) or not {"shape", "d", "p", "counts"} <= info.keys():
+        raise ValueError("layer entry needs shape, d, p and counts")
+    shape, counts, p = info["shape"], info["counts"], info["p"]
+    if not isinstance(shape, list) or not 1 <= len(shape) <= _MAX_NDIM:
+        raise ValueError(f"shape must be a list of 1 to {_MAX_NDIM} sizes")
+    shape = tuple(_int(s, "shape") for s in shape)
+    d = _int(info["d"], "d")
+    if isinstance(p, bool) or not isinstance(p, int | float):
+        raise ValueError(f"sparsity p must be a number, got {type(p).__name__}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"sparsity p must be in [0, 1), got {p}")
+    if not isinstance(counts, list) or not counts:
+        raise ValueError("counts must be a non-empty list")
+    counts = [_int(c, "counts") for c in counts]
+    if min(shape) < 1 or min(counts) < 0 or d < 1:
+        raise ValueError("shape sizes and d must be >= 1, counts >= 0")
+    numel = math.prod(shape)
+    if numel > budget:
+        raise ValueError(f"{numel} weights: shared layers may expand to at most {MAX_SHARED_ELEMENTS} per file")
     k = len(counts)
-    numel = int(np.prod(shape, dtype=np.int64)) if shape else 0
-    if d < 1 or numel <= 0 or numel % d or centers.shape != (k, d) or int(counts.sum()) != numel // d:
-        raise ValueError("inconsistent shape, row length, centers and counts")
+    centers = tensors.get(f"shared/{name}/centers")
+    if centers is None or centers.dtype != np.float32 or centers.shape != (k, d):
+        raise ValueError(f"centers must be a float32 ({k}, {d}) tensor")
+    if numel % d or sum(counts) != numel // d:
+        raise ValueError("inconsistent shape, row length and counts")
     words = tensors.get(f"shared/{name}/indexes", np.zeros(0, dtype=np.uint32))
-    assignments = decode_indexes(words, counts)
-    return LayerCode(shape, d, p, torch.from_numpy(centers.copy()), torch.from_numpy(assignments))
+    assignments = decode_indexes(words, np.asarray(counts, dtype=np.int64))
+    return LayerCode(shape, d, float(p), torch.from_numpy(centers.copy()), torch.from_numpy(assignments))
 
 
 def from_bytes(data: bytes, source: str = "<bytes>") -> CompressedModel:
@@ -109,9 +134,11 @@ def _decode(meta: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -
     if not isinstance(layers_meta, dict) or not isinstance(model, dict):
         raise FormatError(f"{source}: malformed metadata")
     layers = {}
+    budget = MAX_SHARED_ELEMENTS
     for name, info in layers_meta.items():
         try:
-            layers[name] = _layer_from(name, info, tensors)
+            layers[name] = _layer_from(name, info, tensors, budget)
+            budget -= math.prod(layers[name].shape)
         except ValueError as exc:
             raise FormatError(f"{source}: layer {name!r}: {exc}") from None
     dense = {k[len("dense/") :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("dense/")}
