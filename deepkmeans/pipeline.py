@@ -14,10 +14,10 @@ from torch import nn
 
 from deepkmeans import api, distributed
 from deepkmeans.cluster.quantize import hardness
-from deepkmeans.codec.container import write_atomic
 from deepkmeans.compress import ResolvedSpec, cluster_layer, layer_seed, resolve_specs, shareable_layers
 from deepkmeans.config import RunConfig, to_dict
 from deepkmeans.data import Batches, load_data
+from deepkmeans.fileio import write_atomic
 from deepkmeans.models import MODELS, build_model
 from deepkmeans.regularize.regularizer import KMeansRegularizer
 from deepkmeans.report.markdown import write_report

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from deepkmeans import api
-from deepkmeans.codec.container import write_atomic
 from deepkmeans.codec.model_file import CompressedModel
 from deepkmeans.config import CompressConfig
 from deepkmeans.data import Batches
+from deepkmeans.fileio import write_atomic
 from deepkmeans.train import evaluate
 
 P_MAX = 0.99

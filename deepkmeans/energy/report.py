@@ -6,9 +6,9 @@ same folder, then ``os.replace``) so that an interrupted run never leaves a half
 
 from __future__ import annotations
 
+import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -17,6 +17,7 @@ from typing import Any
 from deepkmeans.energy.hardware import LEVELS
 from deepkmeans.energy.layer import Layer
 from deepkmeans.energy.rs import DATA_TYPES, Breakdown, EnergyResult
+from deepkmeans.fileio import write_atomic
 
 _COMPONENTS: tuple[str, ...] = ("computation", "RF", "array", "GLB", "DRAM")
 
@@ -148,24 +149,10 @@ def result_to_dict(result: EnergyResult) -> dict[str, Any]:
     }
 
 
-def _atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, then move it into place."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_json(result: EnergyResult, path: str | os.PathLike) -> None:
     """Write :func:`result_to_dict` as indented JSON, atomically."""
     text = json.dumps(result_to_dict(result), indent=2)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    write_atomic(path, (text + "\n").encode())
 
 
 def plot_breakdown(result: EnergyResult, path: str | os.PathLike) -> None:
@@ -196,4 +183,6 @@ def plot_breakdown(result: EnergyResult, path: str | os.PathLike) -> None:
     )
     ax.legend(fontsize=8)
     fmt = Path(path).suffix.lstrip(".") or "png"
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=120))
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=120)
+    write_atomic(path, buf.getvalue())

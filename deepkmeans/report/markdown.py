@@ -19,10 +19,10 @@ from torch import nn
 
 from deepkmeans import api
 from deepkmeans.cluster.rows import to_rows
-from deepkmeans.codec.container import write_atomic
 from deepkmeans.codec.model_file import CompressedModel
 from deepkmeans.compress import Accounting
 from deepkmeans.errors import DeepKMeansError
+from deepkmeans.fileio import write_atomic
 from deepkmeans.report import plots
 from deepkmeans.report.tables import layer_table, ratio_summary
 from deepkmeans.train import load_checkpoint

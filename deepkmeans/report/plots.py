@@ -22,8 +22,8 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from deepkmeans.codec.container import write_atomic
 from deepkmeans.compress import Accounting
+from deepkmeans.fileio import write_atomic
 
 if TYPE_CHECKING:
     from deepkmeans.sweep import Anchor, SweepPoint
