@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="deepkmeans", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    from deepkmeans import __version__
+
+    parser.add_argument("--version", action="version", version=f"deepkmeans {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("run", help="the whole pipeline on a config (default: LeNet-5-Caffe on MNIST)")
