@@ -192,12 +192,13 @@ def load_config(path: str | Path | None) -> RunConfig:
 def default_config() -> RunConfig:
     """The embedded default: LeNet-5-Caffe on MNIST (mirrored by configs/lenet5_mnist.yaml)."""
     return RunConfig(
+        retrain=RetrainConfig(epochs=14, lam=2.0),
         compress=CompressConfig(
             layers={
-                "conv1": LayerSpec(K=8, p=0.0),
+                "conv1": LayerSpec(K=32, p=0.0),
                 "conv2": LayerSpec(K=32, p=0.5),
-                "fc1": LayerSpec(K=32, p=0.9, d=5),
-                "fc2": LayerSpec(K=16, p=0.5, d=5),
+                "fc1": LayerSpec(K=64, p=0.92, d=5),
+                "fc2": LayerSpec(K=32, p=0.5, d=2),
             }
-        )
+        ),
     )

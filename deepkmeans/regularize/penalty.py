@@ -6,6 +6,8 @@ between refreshes; these functions evaluate R and let autograd supply ``2 (W - W
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -39,29 +41,60 @@ def cluster_means(rows: torch.Tensor, assignments: torch.Tensor, k: int) -> torc
     return sums / counts[:, None]
 
 
+@dataclass(frozen=True)
+class Partition:
+    """Fixed assignments prepared once per F refresh for the per-step penalty.
+
+    With sparsity p one cluster holds most rows; its residuals are computed by broadcasting and only
+    the other rows go through index operations, which keeps the penalty cheap next to a training step.
+    """
+
+    k: int
+    major: int
+    minor_idx: torch.Tensor
+    minor_labels: torch.Tensor
+    counts: torch.Tensor
+
+    @classmethod
+    def of(cls, assignments: torch.Tensor, k: int) -> Partition:
+        counts = torch.bincount(assignments, minlength=k)
+        major = int(torch.argmax(counts))
+        minor_idx = torch.nonzero(assignments != major).flatten()
+        return cls(k, major, minor_idx, assignments[minor_idx], counts.clamp_min(1))
+
+
 class _WithinClusterSS(torch.autograd.Function):
     """Within-cluster sum of squares with the closed-form gradient ``2 (w_i - m_{a_i})``.
 
     The cluster means depend on W, but their contribution to the gradient vanishes (the residuals of
     a cluster sum to zero), so the backward pass is one multiply instead of autograd's scatter/gather
-    chain -- this keeps the penalty cheap next to the training step.
+    chain.
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, assignments: torch.Tensor, k: int) -> torch.Tensor:  # noqa: ANN001
-        residual = rows - cluster_means(rows, assignments, k)[assignments]
+    def forward(ctx, rows: torch.Tensor, part: Partition) -> torch.Tensor:  # noqa: ANN001
+        minor = rows.index_select(0, part.minor_idx)
+        sums = rows.new_zeros(part.k, rows.shape[1]).index_add_(0, part.minor_labels, minor)
+        sums[part.major] = rows.sum(dim=0) - sums.sum(dim=0)
+        means = sums / part.counts.to(rows.dtype)[:, None]
+        residual = rows - means[part.major]
+        residual.index_copy_(0, part.minor_idx, minor - means[part.minor_labels])
         ctx.save_for_backward(residual)
-        return residual.pow(2).sum()
+        flat = residual.reshape(-1)
+        return torch.dot(flat, flat)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
         (residual,) = ctx.saved_tensors
-        return 2.0 * grad * residual, None, None
+        return 2.0 * grad * residual, None
 
 
-def kmeans_penalty(rows: torch.Tensor, assignments: torch.Tensor, k: int) -> torch.Tensor:
+def kmeans_penalty(
+    rows: torch.Tensor, assignments: torch.Tensor, k: int, partition: Partition | None = None
+) -> torch.Tensor:
     """Exact indicator form: the within-cluster sum of squares for fixed assignments.
 
     Equal to ||W - W F F^T||^2 with F the normalized indicator matrix, computed without forming F.
+    Pass ``partition`` (``Partition.of(assignments, k)``) to reuse the preparation across steps.
     """
-    return _WithinClusterSS.apply(rows, assignments, k)
+    return _WithinClusterSS.apply(rows, partition or Partition.of(assignments, k))

@@ -13,7 +13,7 @@ from deepkmeans.cluster.quantize import cluster_rows, refine_rows
 from deepkmeans.cluster.rows import to_rows
 from deepkmeans.compress import ResolvedSpec, layer_seed, resolve_specs, shareable_layers
 from deepkmeans.config import LayerSpec
-from deepkmeans.regularize.penalty import kmeans_penalty, spectral_basis, spectral_penalty
+from deepkmeans.regularize.penalty import Partition, kmeans_penalty, spectral_basis, spectral_penalty
 
 METHODS = ("spectral", "kmeans")
 
@@ -61,6 +61,7 @@ class KMeansRegularizer:
                         stacklevel=2,
                     )
         self.state: dict[str, torch.Tensor] = {}
+        self.partitions: dict[str, Partition] = {}
         self.steps = 0
         self.refresh()
 
@@ -81,6 +82,8 @@ class KMeansRegularizer:
                 value = value.contiguous()
                 dist.broadcast(value, src=0)
             self.state[name] = value
+            if self.method == "kmeans":
+                self.partitions[name] = Partition.of(value, spec.k)
 
     def layer_penalties(self) -> dict[str, torch.Tensor]:
         """R(W_l, F_l) for each active layer (without the lam/2 factor)."""
@@ -90,7 +93,7 @@ class KMeansRegularizer:
             if self.method == "spectral":
                 out[name] = spectral_penalty(rows, value)
             else:
-                out[name] = kmeans_penalty(rows, value, self.specs[name].k)
+                out[name] = kmeans_penalty(rows, value, self.specs[name].k, self.partitions[name])
         return out
 
     def penalty(self) -> torch.Tensor:
@@ -114,3 +117,5 @@ class KMeansRegularizer:
         for name, value in state["state"].items():
             if name in self.state:
                 self.state[name] = value.to(self.state[name].device)
+                if self.method == "kmeans":
+                    self.partitions[name] = Partition.of(self.state[name], self.specs[name].k)
