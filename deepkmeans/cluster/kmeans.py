@@ -2,7 +2,9 @@
 
 The shapes are specific: short rows (d = 1..5), many of them (N up to ~10^6), few centers (K up to a few
 hundred). Everything runs in torch on the rows' device, except the exact 1-D dynamic program, which is a
-long chain of small vectorized steps and runs on the host in numpy (lowest per-call cost).
+long chain of small vectorized steps and runs on the host in numpy (lowest per-call cost), and, for CPU
+rows, mask-to-index compaction (numpy's flatnonzero is several times faster than torch.nonzero). Gathers
+and scatters in Lloyd's hot loop use index_select / index_copy_ (several times faster than ``t[idx]``).
 
 d == 1 (the 1x1 shortcuts) needs no randomness: the exact DP over the sorted values when
 ``k * N <= DP_MAX_WORK``, else the same DP over coarse groups of sorted values, polished by sorted Lloyd.
@@ -10,7 +12,9 @@ d == 1 (the 1x1 shortcuts) needs no randomness: the exact DP over the sorted val
 d >= 2 (the 3x3 convolutions) runs greedy k-means++ and then exact Lloyd iterations, made cheap by:
 - a float32 GEMM ``[-2c, 1, |c|^2] @ [x, |x|^2, 1]^T`` per cache-sized block for the nearest-center
   search, with the center index packed into the low mantissa bits of the (non-negative) distance, so one
-  integer min-reduction yields distance and argmin together (torch's argmin over a short axis is slow);
+  integer min-reduction yields distance and argmin together (torch's argmin over a short axis is slow),
+  and a second one over ``(bits - min - 1) & INT32_MAX`` the runner-up (no boolean mask: masked_fill
+  and the comparison cost several times a min-reduction); Q is stored transposed for the GEMM;
 - margins: a row is searched again only once the centers have moved enough to possibly change its
   nearest center (see ``_Lloyd``), so late iterations touch only rows near a cluster boundary;
 - float64 cluster sums updated only by rows that changed cluster, giving the inertia of the new means
@@ -32,13 +36,14 @@ import torch
 
 # Bytes of float32 distances per block: the search is memory-bound, so cache-sized blocks are fastest
 # (and memory stays bounded for any N x K).
-_BLOCK_BYTES = 2**20
+_BLOCK_BYTES = 2**19
 # Exact 1-D dynamic program when K * (distinct values) is at most this. Its cost grows like
-# K * N * log2(N) vectorized numpy element steps: ~50 ms at this bound on one core. Above it, sorted
-# 1-D Lloyd (O(K log N) per iteration after one sort) takes over.
-DP_MAX_WORK = 2**18
+# K * N * log2(N) vectorized numpy element steps (plus K * log2(N) numpy calls): ~15 ms at this bound on
+# one core. Above it, a coarse DP plus sorted 1-D Lloyd (O(K log N) per iteration after one sort) takes
+# over: a few ms, within ~1e-4 of the optimum.
+DP_MAX_WORK = 2**16
 # Groups of sorted values for the coarse exact DP that starts sorted 1-D Lloyd (see _lloyd_1d).
-_DP_GROUPS = 1024
+_DP_GROUPS = 256
 # Sample size for seeding and the first Lloyd pass: this many rows per center, at least _SAMPLE_MIN; used
 # when N exceeds twice the sample size.
 _SAMPLE_PER_CENTER = 256
@@ -50,6 +55,7 @@ _HORIZON = 4.0
 _SAMPLE_TOL = 1e-4
 # float32 unit roundoff; bounds the error of the distance GEMM (see _Lloyd.__init__).
 _U32 = 2.0**-24
+_INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,14 @@ def _nearest_exact_1d(values: torch.Tensor, centers: torch.Tensor) -> torch.Tens
 # Seeding and Lloyd for d >= 2
 
 
+def _flatnonzero(mask: torch.Tensor) -> torch.Tensor:
+    """Indices (int64) of the true entries of a 1-D mask. On CPU numpy's is several times faster than
+    torch.nonzero (which is branchy: up to 10x slower on masks with ~50% true entries)."""
+    if mask.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(mask.numpy()).astype(np.int64, copy=False))
+    return torch.nonzero(mask).flatten()
+
+
 def _augment(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 ``P = [-2x, 1, |x|^2]`` and ``Q = [x, |x|^2, 1]``, both (N, d+2): ``P_a @ Q_b^T`` is the
     matrix of squared distances between point sets a and b in one GEMM."""
@@ -242,11 +256,16 @@ class _Lloyd:
     def __init__(self, x: torch.Tensor, centers: torch.Tensor, slack: float = 0.0) -> None:
         self.x = x
         self.k = centers.shape[0]
-        self.q = _augment(x)[1]
+        # Q of _augment, built transposed: (d + 2, N), the GEMM is fastest with contiguous columns.
+        x32 = x.to(torch.float32)
+        self.qt = torch.empty(x.shape[1] + 2, x.shape[0], dtype=torch.float32, device=x.device)
+        self.qt[: x.shape[1]] = x32.T
+        self.qt[-2] = x32.square().sum(dim=1)
+        self.qt[-1] = 1.0
         self.total_sq = float(x.square().sum())
         # Error bound of one float32 distance^2 from the GEMM: the terms |x|^2, 2|x.c|, |c|^2 sum to at
         # most (|x| + |c|)^2 <= 4 R^2 (centers are means, so |c| <= R), with d + 8 roundings.
-        radius_sq = float(self.q[:, -2].max()) * (1.0 + 1e-6)
+        radius_sq = float(self.qt[-2].max()) * (1.0 + 1e-6)
         self.gemm_error = max(4.0 * radius_sq * (x.shape[1] + 8) * _U32, 1e-300)
         self.index_bits = max(1, (self.k - 1).bit_length())
         # Relative error of a distance^2 whose low index_bits mantissa bits were overwritten, plus room
@@ -272,18 +291,18 @@ class _Lloyd:
 
         Also rebases keys to zero travel, so their float32 rounding stays relative to the margins.
         """
-        self.key -= self.travel[self.assignments] + self.travel_max
+        self.key -= self.travel.index_select(0, self.assignments).add_(self.travel_max)
         self.travel.zero_()
         self.travel_max = 0.0
         self.horizon = _HORIZON * increment
-        self.near = torch.nonzero(self.key <= 2.0 * self.horizon).flatten()
-        self.near_key = self.key[self.near]
-        self.near_assignments = self.assignments[self.near]
+        self.near = _flatnonzero(self.key <= 2.0 * self.horizon)
+        self.near_key = self.key.index_select(0, self.near)
+        self.near_assignments = self.assignments.index_select(0, self.near)
 
     def _search(self, index: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest center of rows ``index`` (all rows if None) and a lower bound on their margin."""
-        q = self.q if index is None else self.q[index]
-        first, second = _two_nearest(self.centers, q, self.lanes, self.index_bits)
+        qt = self.qt if index is None else self.qt.index_select(1, index)
+        first, second = _two_nearest(self.centers, qt, self.lanes, self.index_bits)
         assignments = first.bitwise_and(2**self.index_bits - 1).long()
         low = ~(2**self.index_bits - 1)
         d1 = first.bitwise_and_(low).view(torch.float32).sqrt_()
@@ -316,9 +335,9 @@ class _Lloyd:
         self.centers = centers
         if self.travel_max > self.horizon or self.horizon - self.travel_max > 4.0 * _HORIZON * increment:
             self._rescan(increment)
-        reach = self.travel[self.near_assignments].add_(self.travel_max)
-        self.due_position = torch.nonzero(self.near_key <= reach).flatten()
-        return self.near[self.due_position]
+        reach = self.travel.index_select(0, self.near_assignments).add_(self.travel_max)
+        self.due_position = _flatnonzero(self.near_key <= reach)
+        return self.near.index_select(0, self.due_position)
 
     def assign(self, centers: torch.Tensor) -> int:
         """Move to ``centers``, re-search the rows whose margin may be used up, update sums and counts;
@@ -327,28 +346,28 @@ class _Lloyd:
         if due.numel() == 0:
             return 0
         new, margin = self._search(due)
-        key = margin.add_(self.travel[new]).add_(self.travel_max)
-        self.key[due] = key
-        self.near_key[self.due_position] = key
-        self.near_assignments[self.due_position] = new
-        old = self.assignments[due]
-        changed = torch.nonzero(new != old).flatten()
+        key = margin.add_(self.travel.index_select(0, new)).add_(self.travel_max)
+        self.key.index_copy_(0, due, key)
+        self.near_key.index_copy_(0, self.due_position, key)
+        self.near_assignments.index_copy_(0, self.due_position, new)
+        old = self.assignments.index_select(0, due)
+        changed = _flatnonzero(new != old)
         if changed.numel():
-            self._move_rows(due[changed], old[changed], new[changed])
+            self._move_rows(due.index_select(0, changed), old.index_select(0, changed), new.index_select(0, changed))
         return changed.numel()
 
     def _move_rows(self, rows: torch.Tensor, old: torch.Tensor, new: torch.Tensor) -> None:
-        x = self.x[rows]
+        x = self.x.index_select(0, rows)
         self.sums.index_add_(0, old, x, alpha=-1.0).index_add_(0, new, x)
         ones = torch.ones(rows.numel(), 1, dtype=torch.float64, device=x.device)
         self.counts.index_add_(0, old, ones, alpha=-1.0).index_add_(0, new, ones)
-        self.assignments[rows] = new
+        self.assignments.index_copy_(0, rows, new)
 
     def reseed_empty(self) -> bool:
         """Give each empty cluster the row farthest from its center (deterministic order)."""
         if float(self.counts.min()) > 0:
             return False
-        empty = torch.nonzero(self.counts[:, 0] == 0).flatten()
+        empty = _flatnonzero(self.counts[:, 0] == 0)
         distance = (self.x - self.centers[self.assignments]).square_().sum(dim=1)
         far = torch.sort(distance, descending=True, stable=True).indices[: empty.numel()]
         self.assignments[far] = empty
@@ -384,34 +403,38 @@ class _Lloyd:
         if due.numel():
             new = _nearest_exact(x[due], centers)
             old = self.assignments[due]
-            changed = torch.nonzero(new != old).flatten()
+            changed = _flatnonzero(new != old)
             self._move_rows(due[changed], old[changed], new[changed])
         return self.assignments, max(0.0, self.energy())
 
 
 def _two_nearest(
-    centers: torch.Tensor, q: torch.Tensor, lanes: torch.Tensor, index_bits: int
+    centers: torch.Tensor, qt: torch.Tensor, lanes: torch.Tensor, index_bits: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Packed (float32 distance^2 bits | center index) of the two nearest centers per row of ``q`` (see
-    :func:`_augment`).
+    """Packed (float32 distance^2 bits | center index) of the two nearest centers per column of ``qt``
+    (the transposed ``Q`` of :func:`_augment`).
 
     A non-negative float32 viewed as int32 orders like the float, so after replacing the low
     ``index_bits`` mantissa bits by the center index (``lanes``) one integer min gives distance and argmin.
+    The packed values of a row are distinct, so the runner-up is the minimum of the others.
     """
     k = centers.shape[0]
     c32 = centers.to(torch.float32)
     pc = torch.cat([c32 * -2.0, torch.ones_like(c32[:, :1]), c32.square().sum(dim=1, keepdim=True)], dim=1)
     low = ~(2**index_bits - 1)
-    n = q.shape[0]
+    n = qt.shape[1]
     first = torch.empty(n, dtype=torch.int32, device=c32.device)
     second = torch.empty(n, dtype=torch.int32, device=c32.device)
     step = max(1, _BLOCK_BYTES // (4 * k))
     for start in range(0, n, step):
-        bits = torch.mm(pc, q[start : start + step].T).clamp_(min=0.0).view(torch.int32)
+        bits = torch.mm(pc, qt[:, start : start + step]).clamp_(min=0.0).view(torch.int32)
         bits.bitwise_and_(low).bitwise_or_(lanes)
         best = torch.amin(bits, dim=0, out=first[start : start + step])
-        bits.masked_fill_(bits == best, torch.iinfo(torch.int32).max)
+        # Runner-up without a mask: bits - best - 1 is -1 at the (unique) minimum and in [0, 2^31 - 1)
+        # elsewhere; clearing the sign bit turns -1 into the int32 maximum.
+        bits.sub_(best + 1).bitwise_and_(_INT32_MAX)
         torch.amin(bits, dim=0, out=second[start : start + step])
+    second += first + 1
     return first, second
 
 

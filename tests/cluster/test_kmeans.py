@@ -167,6 +167,40 @@ def test_empty_clusters_are_reseeded() -> None:
     assert lloyd.inertia() == pytest.approx(kmeans(x, 3).inertia, rel=1e-6)
 
 
+@pytest.mark.parametrize("k", [2, 3, 40])
+def test_two_nearest_matches_a_full_sort(k: int) -> None:
+    # The packed search (several blocks) must return the two smallest packed distances of every row,
+    # including rows with exactly tied distances (duplicated centers) and rows on a center.
+    g = torch.Generator().manual_seed(k)
+    x = torch.randn(70_000, 3, generator=g, dtype=torch.float64)
+    centers = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    centers[-1] = centers[0]
+    _, q = kmeans_module._augment(x)
+    index_bits = max(1, (k - 1).bit_length())
+    lanes = torch.arange(k, dtype=torch.int32).unsqueeze(1)
+    qt = q.T.contiguous()
+    first, second = kmeans_module._two_nearest(centers, qt, lanes, index_bits)
+    c32 = centers.to(torch.float32)
+    pc = torch.cat([c32 * -2.0, torch.ones_like(c32[:, :1]), c32.square().sum(dim=1, keepdim=True)], dim=1)
+    # Same GEMM calls per block as the search (so the same float32 rounding), then a full sort.
+    step = max(1, kmeans_module._BLOCK_BYTES // (4 * k))
+    assert step < x.shape[0]
+    dist = [torch.mm(pc, qt[:, start : start + step]) for start in range(0, x.shape[0], step)]
+    bits = torch.cat(dist, dim=1).clamp_(min=0.0).view(torch.int32)
+    bits = bits.bitwise_and(~(2**index_bits - 1)).bitwise_or(lanes)
+    expected = torch.sort(bits, dim=0).values
+    assert torch.equal(first, expected[0])
+    assert torch.equal(second, expected[1])
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.3, 1.0])
+def test_flatnonzero_matches_torch(fraction: float) -> None:
+    mask = torch.rand(5000, generator=torch.Generator().manual_seed(0)) < fraction
+    index = kmeans_module._flatnonzero(mask)
+    assert index.dtype == torch.int64
+    assert torch.equal(index, torch.nonzero(mask).flatten())
+
+
 def test_ties_go_to_the_lowest_index() -> None:
     values = torch.tensor([0.0, 2.0, -2.0], dtype=torch.float64)
     centers = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
