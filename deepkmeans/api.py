@@ -119,13 +119,12 @@ def estimate_energy(model: nn.Module, input_shape: tuple[int, ...], cm: Compress
 
     Index bits per row are the real rANS stream sizes, so the estimate uses what the file stores.
     """
-    from deepkmeans.codec.entropy import encode_indexes
     from deepkmeans.energy import estimate
     from deepkmeans.energy.torch_layers import layers_from_model
 
     shared = {}
     for name, code in (cm.layers if cm else {}).items():
-        words, _ = encode_indexes(code.assignments.numpy(), code.k)
+        words, _ = code.stream
         shared[name] = (code.assignments.numpy(), code.k, words.size * 32 / code.n_rows)
     try:
         layers = layers_from_model(model.cpu().eval(), input_shape, batch, shared)

@@ -11,7 +11,6 @@ from torch import nn
 
 from deepkmeans.cluster.quantize import cluster_rows, entropy_bits
 from deepkmeans.cluster.rows import check_row_length, default_row_length, num_rows, to_rows
-from deepkmeans.codec.entropy import encode_indexes
 from deepkmeans.codec.model_file import CompressedModel, LayerCode
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import ConfigError
@@ -155,7 +154,7 @@ def account(model: nn.Module, cm: CompressedModel, file_bytes: int | None = None
             rows.append(LayerAccount(name, numel // d, d, None, None, None, None, before, float(before)))
             continue
         h = entropy_bits(code.assignments, code.k)
-        words, _ = encode_indexes(code.assignments.numpy(), code.k)
+        words, _ = code.stream
         after = code.k * code.d * FLOAT_BITS + code.n_rows * h + bias_bits
         rows.append(
             LayerAccount(name, code.n_rows, code.d, code.k, code.sparsity_p, h, int(words.size) * 32, before, after)

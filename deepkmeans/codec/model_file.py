@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,11 @@ class LayerCode:
         """The shared weight: each row replaced by its center, in the layer's shape."""
         return self.centers[self.assignments].reshape(self.shape)
 
+    @cached_property
+    def stream(self) -> tuple[np.ndarray, np.ndarray]:
+        """The rANS-coded assignments and their counts, encoded once for the file, accounting and energy."""
+        return encode_indexes(self.assignments.cpu().numpy(), self.k)
+
 
 @dataclass
 class CompressedModel:
@@ -63,7 +69,7 @@ def to_bytes(cm: CompressedModel) -> bytes:
     tensors: dict[str, np.ndarray] = {}
     layers_meta: dict[str, Any] = {}
     for name, code in cm.layers.items():
-        words, counts = encode_indexes(code.assignments.cpu().numpy(), code.k)
+        words, counts = code.stream
         tensors[f"shared/{name}/centers"] = code.centers.detach().cpu().to(torch.float32).numpy()
         if words.size:
             tensors[f"shared/{name}/indexes"] = words
