@@ -7,8 +7,13 @@ import json
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from deepkmeans.errors import DeepKMeansError
+
+if TYPE_CHECKING:
+    from deepkmeans.config import RunConfig
+    from deepkmeans.sweep import SweepPoint
 
 DESCRIPTION = """Compress CNNs by k-means weight sharing of filter rows (Deep k-Means, ICML 2018).
 
@@ -93,7 +98,8 @@ def _floats(text: str, what: str) -> list[float]:
         raise DeepKMeansError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
-def _config(args: argparse.Namespace):
+def _config(args: argparse.Namespace) -> RunConfig:
+    """The run config from --config / CONFIG (or the built-in default), with CLI overrides applied."""
     from deepkmeans.config import load_config
 
     cfg = load_config(getattr(args, "config", None) or getattr(args, "config_file", None))
@@ -232,7 +238,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     device = pick_device(cfg.device)
     _, test = load_data(meta.get("dataset", cfg.dataset), cfg.data_dir, 256, cfg.seed)
 
-    def show(point) -> None:
+    def show(point: SweepPoint) -> None:
         where = {"dense": "dense", "K": f"K x {point.k_scale:g}", "p": f"p {point.p_offset:+g}"}[point.grid]
         print(f"  {where:<12} test accuracy {100 * point.test_acc:6.2f}%  paper CR {point.paper_cr:7.1f}x")
 
