@@ -8,7 +8,7 @@ model = load("model.dkm")             # a runnable module again (pass ``model=``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -21,6 +21,9 @@ from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
 from deepkmeans.models import build_model
 from deepkmeans.regularize.regularizer import KMeansRegularizer
 from deepkmeans.train import load_checkpoint
+
+if TYPE_CHECKING:
+    from deepkmeans.energy import EnergyResult
 
 __all__ = [
     "Accounting",
@@ -114,7 +117,9 @@ def load_model_file(path: str | Path) -> tuple[nn.Module, dict[str, Any], Compre
     return _restore(build_model(name), state["model"], str(path)), meta, None
 
 
-def estimate_energy(model: nn.Module, input_shape: tuple[int, ...], cm: CompressedModel | None = None, batch: int = 1):
+def estimate_energy(
+    model: nn.Module, input_shape: tuple[int, ...], cm: CompressedModel | None = None, batch: int = 1
+) -> EnergyResult:
     """Row-stationary energy of ``model`` dense vs weight-shared (from ``cm``'s real assignments).
 
     Index bits per row are the real rANS stream sizes, so the estimate uses what the file stores.

@@ -136,6 +136,16 @@ class Accounting:
         return self.bits_before / self.bits_after
 
     @property
+    def index_bits(self) -> int:
+        """Real rANS stream sizes of all shared layers, in bits."""
+        return sum(la.coded_bits or 0 for la in self.layers)
+
+    @property
+    def index_bits_ideal(self) -> float:
+        """sum of N*H over the shared layers: what an ideal entropy coder would need."""
+        return sum(la.n_rows * la.entropy_bits for la in self.layers if la.entropy_bits is not None)
+
+    @property
     def file_cr(self) -> float | None:
         """float32 bytes of the whole dense state dict / bytes of the real compressed file."""
         return self.dense_bytes / self.file_bytes if self.file_bytes else None

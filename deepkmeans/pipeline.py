@@ -18,7 +18,7 @@ from deepkmeans.compress import ResolvedSpec, cluster_layer, layer_seed, resolve
 from deepkmeans.config import RunConfig, to_dict
 from deepkmeans.data import Batches, load_data
 from deepkmeans.fileio import write_atomic
-from deepkmeans.models import MODELS, build_model
+from deepkmeans.models import build_model, model_info
 from deepkmeans.regularize.regularizer import KMeansRegularizer
 from deepkmeans.report.markdown import write_report
 from deepkmeans.report.tables import layer_table, ratio_summary
@@ -66,9 +66,17 @@ def compress_and_measure(
     loss, acc = evaluate(reloaded.to(device), test, device)
     accounting = api.account(shared, cm, size)
     table = layer_table(accounting) + "\n\n" + ratio_summary(accounting)
-    coded = sum(la.coded_bits or 0 for la in accounting.layers)
-    ideal = sum(la.n_rows * la.entropy_bits for la in accounting.layers if la.entropy_bits is not None)
-    result = StageResult(acc, loss, accounting.paper_cr, accounting.file_cr or 0.0, size, str(path), same, coded, ideal)
+    result = StageResult(
+        acc,
+        loss,
+        accounting.paper_cr,
+        accounting.file_cr or 0.0,
+        size,
+        str(path),
+        same,
+        accounting.index_bits,
+        accounting.index_bits_ideal,
+    )
     return result, table
 
 
@@ -197,19 +205,16 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool = True) -> dict[str,
         distributed.barrier()
         return {}
     print(final_table)
-    energy = None
-    if cfg.model in MODELS:
-        from deepkmeans.energy import plot_breakdown, result_to_dict
+    from deepkmeans.energy import plot_breakdown, result_to_dict
 
-        result = api.estimate_energy(
-            api.load(final.path), MODELS[cfg.model].input_shape, api.load_compressed(final.path)
-        )
-        plot_breakdown(result, out / "energy.png")
-        energy = result_to_dict(result)
-        print(
-            f"energy (row-stationary model, batch 1): dense {result.dense_total:.4g},"
-            f" shared {result.shared_total:.4g} (1 = one 16-bit MAC): {result.ratio:.2f}x less"
-        )
+    shared_model, _, final_cm = api.load_model_file(final.path)
+    result = api.estimate_energy(shared_model, model_info(cfg.model).input_shape, final_cm)
+    plot_breakdown(result, out / "energy.png")
+    energy = result_to_dict(result)
+    print(
+        f"energy (row-stationary model, batch 1): dense {result.dense_total:.4g},"
+        f" shared {result.shared_total:.4g} (1 = one 16-bit MAC): {result.ratio:.2f}x less"
+    )
     print(_summary(cfg, dense_acc, base, final if retrain_log else None))
 
     metrics = {

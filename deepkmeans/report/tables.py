@@ -34,8 +34,7 @@ def ratio_summary(acc: Accounting) -> str:
     text = f"paper-accounting CR {acc.paper_cr:.1f}x ({acc.bits_before} / {acc.bits_after:.0f} bits)"
     if acc.file_bytes:
         text += f"; file CR {acc.file_cr:.1f}x ({acc.dense_bytes} float32 bytes / {acc.file_bytes} file bytes)"
-    ideal = sum(la.n_rows * la.entropy_bits for la in acc.layers if la.entropy_bits is not None)
-    coded = sum(la.coded_bits or 0 for la in acc.layers)
+    ideal, coded = acc.index_bits_ideal, acc.index_bits
     if ideal > 0:
         text += f"\nindex streams: {coded} bits coded vs N*H = {ideal:.0f} bits ({100 * (coded / ideal - 1):+.2f}%)"
     return text
