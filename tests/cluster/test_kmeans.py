@@ -104,13 +104,18 @@ def test_assignments_match_returned_centers(shape: tuple[int, int], k: int) -> N
     assert result.inertia == pytest.approx(direct_inertia(rows, result), rel=1e-9)
 
 
-@pytest.mark.parametrize("d,k,seed", [(2, 5, 0), (3, 8, 1), (5, 12, 2), (3, 30, 3), (1, 6, 4)])
-def test_inertia_not_worse_than_sklearn(d: int, k: int, seed: int) -> None:
+@pytest.mark.parametrize("d,k,data_seed", [(2, 5, 0), (3, 8, 1), (5, 12, 2), (3, 30, 3), (1, 6, 4)])
+def test_inertia_not_worse_than_sklearn(d: int, k: int, data_seed: int) -> None:
+    # Both are randomized: a k-means++ run that puts two seeds in one blob ends ~2x worse in either
+    # library (a few percent of seeds), so compare the median over seeds, not one seed against one seed.
     sklearn_cluster = pytest.importorskip("sklearn.cluster")
-    rows = blobs(6000, d, k, seed)
-    ours = kmeans(rows, k, seed=seed)
-    theirs = sklearn_cluster.KMeans(n_clusters=k, n_init=1, random_state=seed).fit(rows.numpy())
-    assert ours.inertia <= theirs.inertia_ * 1.01
+    rows = blobs(6000, d, k, data_seed)
+    ours = [kmeans(rows, k, seed=seed).inertia for seed in range(5)]
+    theirs = [
+        sklearn_cluster.KMeans(n_clusters=k, n_init=1, random_state=seed).fit(rows.numpy()).inertia_
+        for seed in range(5)
+    ]
+    assert np.median(ours) <= np.median(theirs) * 1.01
 
 
 def test_k_equal_one_is_the_mean_row() -> None:
