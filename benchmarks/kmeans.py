@@ -104,7 +104,7 @@ def main() -> None:
             sums = runs.sum(axis=0)
             totals += sums
             time_ratio = runs[:, 1] / runs[:, 0]
-            inertia_ratio = np.where(runs[:, 3] > 0, runs[:, 2] / np.maximum(runs[:, 3], 1e-300), runs[:, 2] == 0)
+            inertia_ratio = np.array([ratio(ours, theirs) for ours, theirs in runs[:, 2:]])
             wins = int((runs[:, 2] <= runs[:, 3]).sum())
             print(
                 f"{name:<20} {rows.shape[0]:>7} {rows.shape[1]:>2} {k:>4} {sums[0] * 1e3:>9.1f} {sums[1] * 1e3:>10.1f} "
