@@ -1,13 +1,13 @@
 """k-means for filter rows: k-means++ seeding, Lloyd iterations, and an exact 1-D solver.
 
 The shapes are specific: short rows (d = 1..5), many of them (N up to ~10^6), few centers (K up to a few
-hundred). Everything runs in torch on the rows' device, except the exact 1-D dynamic program, which is a
-long chain of small vectorized steps and runs on the host in numpy (lowest per-call cost), and, for CPU
-rows, mask-to-index compaction (numpy's flatnonzero is several times faster than torch.nonzero). Gathers
-and scatters in Lloyd's hot loop use index_select / index_copy_ (several times faster than ``t[idx]``).
+hundred). Everything runs in torch on the rows' device, except, for CPU rows, mask-to-index compaction
+(numpy's flatnonzero is several times faster than torch.nonzero). Gathers and scatters in Lloyd's hot loop
+use index_select / index_copy_ (several times faster than ``t[idx]``).
 
-d == 1 (the 1x1 shortcuts) needs no randomness: the exact DP over the sorted values when
-``k * N <= DP_MAX_WORK``, else the same DP over coarse groups of sorted values, polished by sorted Lloyd.
+d == 1 (the 1x1 shortcuts) needs no randomness and runs on the host in numpy (``kmeans1d``): the exact
+DP over the sorted distinct values when ``k * M <= DP_MAX_WORK``, else the same DP over coarse groups of
+sorted values, polished by sorted Lloyd.
 
 d >= 2 (the 3x3 convolutions) runs greedy k-means++ and then exact Lloyd iterations, made cheap by:
 - a float32 GEMM ``[-2c, 1, |c|^2] @ [x, |x|^2, 1]^T`` per cache-sized block for the nearest-center
@@ -34,15 +34,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from deepkmeans.cluster import kmeans1d
+
 # Bytes of float32 distances per block: the search is memory-bound, so cache-sized blocks are fastest
 # (and memory stays bounded for any N x K).
 _BLOCK_BYTES = 2**19
 # Exact 1-D dynamic program when K * (distinct values) is at most this. Its cost grows like
-# K * N * log2(N) vectorized numpy element steps (plus K * log2(N) numpy calls): ~15 ms at this bound on
-# one core. Above it, a coarse DP plus sorted 1-D Lloyd (O(K log N) per iteration after one sort) takes
+# K * M * log2(M) vectorized numpy element steps (plus K * log2(M) numpy calls): ~15 ms at this bound on
+# one core. Above it, a coarse DP plus sorted 1-D Lloyd (O(K log M) per iteration after one sort) takes
 # over: a few ms, within ~1e-4 of the optimum.
 DP_MAX_WORK = 2**16
-# Groups of sorted values for the coarse exact DP that starts sorted 1-D Lloyd (see _lloyd_1d).
+# Groups of sorted values for the coarse exact DP that starts sorted 1-D Lloyd (kmeans1d.near_optimal_centers).
 _DP_GROUPS = 256
 # Sample size for seeding and the first Lloyd pass: this many rows per center, at least _SAMPLE_MIN; used
 # when N exceeds twice the sample size.
@@ -83,19 +85,12 @@ def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, to
     _validate(rows, k)
     n, d = rows.shape
     x = rows.detach().to(torch.float64)
+    if d == 1:
+        return _cluster_1d(rows, k, exact=None, max_iter=max_iter, tol=tol)
     if k >= n:
         return _distinct_rows(rows, x)
     if k == 1:
         return _finish(rows, x, x.mean(dim=0, keepdim=True))
-    if d == 1:
-        values, counts = torch.unique(x[:, 0], sorted=True, return_counts=True)
-        if values.numel() <= k:
-            return _distinct_rows(rows, x)
-        if k * values.numel() <= DP_MAX_WORK:
-            centers = _dp_centers(values, counts, k)
-        else:
-            centers = _lloyd_1d(values, counts, k, max_iter, tol)
-        return _finish(rows, x, centers.unsqueeze(1))
     generator = torch.Generator(device=rows.device)
     generator.manual_seed(seed)
     return _cluster(rows, x, k, generator, max_iter, tol)
@@ -111,13 +106,32 @@ def kmeans_1d_exact(rows: torch.Tensor, k: int) -> KMeansResult:
     _validate(rows, k)
     if rows.shape[1] != 1:
         raise ValueError(f"kmeans_1d_exact needs rows of length 1, got shape {tuple(rows.shape)}")
-    x = rows.detach().to(torch.float64)
-    values, counts = torch.unique(x[:, 0], sorted=True, return_counts=True)
-    if values.numel() <= k:
-        return _distinct_rows(rows, x)
-    if k == 1:
-        return _finish(rows, x, x.mean(dim=0, keepdim=True))
-    return _finish(rows, x, _dp_centers(values, counts, k).unsqueeze(1))
+    return _cluster_1d(rows, k, exact=True)
+
+
+def _cluster_1d(rows: torch.Tensor, k: int, *, exact: bool | None, max_iter: int = 0, tol: float = 0.0) -> KMeansResult:
+    """k-means of ``(N, 1)`` rows on the host over their sorted distinct values (see ``kmeans1d``): the
+    exact program if ``exact`` (None: when ``k * M <= DP_MAX_WORK``), else near-optimal sorted Lloyd.
+
+    Centers are rounded to the input dtype, then each distinct value goes to its nearest rounded center
+    (float64, ties to the lowest index); rows inherit their value's center.
+    """
+    x = rows.detach().to(device="cpu", dtype=torch.float64).numpy()[:, 0]
+    values, inverse, counts = kmeans1d.distinct(x)
+    if values.size <= k:
+        centers = values
+    elif k == 1:
+        centers = np.array([np.dot(values, counts) / counts.sum()])
+    elif exact or (exact is None and k * values.size <= DP_MAX_WORK):
+        centers = kmeans1d.optimal_centers(values, counts, k)
+    else:
+        centers = kmeans1d.near_optimal_centers(values, counts, k, _DP_GROUPS, max_iter, tol)
+    out = torch.from_numpy(centers).to(rows.dtype)
+    rounded = out.to(torch.float64).numpy()
+    nearest = kmeans1d.nearest(values, rounded)
+    inertia = float(np.dot(counts, np.square(values - rounded[nearest])))
+    assignments = torch.from_numpy(nearest[inverse].astype(np.int64, copy=False))
+    return KMeansResult(out.unsqueeze(1).to(rows.device), assignments.to(rows.device), inertia)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -148,10 +162,7 @@ def _finish(rows: torch.Tensor, x: torch.Tensor, centers: torch.Tensor) -> KMean
     """Round centers to the input dtype, then assign each row to its nearest rounded center exactly."""
     out = centers.to(rows.dtype)
     exact = out.to(torch.float64)
-    if x.shape[1] == 1:
-        assignments = _nearest_exact_1d(x[:, 0], exact[:, 0])
-    else:
-        assignments = _nearest_exact(x, exact)
+    assignments = _nearest_exact(x, exact)
     return KMeansResult(out, assignments, _inertia(x, exact, assignments))
 
 
@@ -174,22 +185,6 @@ def _nearest_exact(x: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
             dist.addcmul_(diff, diff)
         assignments[start : start + step] = dist.argmin(dim=1)
     return assignments
-
-
-def _nearest_exact_1d(values: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
-    """1-D nearest center in O(N log K): only the centers just below and above a value can be nearest."""
-    order = torch.sort(centers, stable=True)
-    sorted_c, original = order.values, order.indices
-    k = sorted_c.numel()
-    pos = torch.searchsorted(sorted_c, values)
-    # Move to the first of equal center values: with a stable sort it has the lowest original index.
-    above = torch.searchsorted(sorted_c, sorted_c[pos.clamp(max=k - 1)])
-    below = torch.searchsorted(sorted_c, sorted_c[(pos - 1).clamp(min=0)])
-    dist_below = (values - sorted_c[below]).square()
-    dist_above = (values - sorted_c[above]).square()
-    idx_below, idx_above = original[below], original[above]
-    take_above = (dist_above < dist_below) | ((dist_above == dist_below) & (idx_above < idx_below))
-    return torch.where(take_above, idx_above, idx_below)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -469,133 +464,3 @@ def _sample_centers(
     if seeds is None:
         return None
     return _Lloyd(sample, sample[seeds]).run(max_iter, max(tol, _SAMPLE_TOL))
-
-
-# ----------------------------------------------------------------------------------------------------
-# d == 1: exact dynamic program, sorted Lloyd fallback
-
-
-def _prefix_sums(values: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Prefix sums (leading 0) of weight, weighted value and weighted square of sorted distinct values."""
-    w = counts.to(torch.float64)
-    zero = torch.zeros(1, dtype=torch.float64, device=values.device)
-    return (
-        torch.cat([zero, w.cumsum(0)]),
-        torch.cat([zero, (w * values).cumsum(0)]),
-        torch.cat([zero, (w * values.square()).cumsum(0)]),
-    )
-
-
-def _dp_centers(values: torch.Tensor, counts: torch.Tensor, k: int) -> torch.Tensor:
-    """Optimal centers (float64, ascending) of k runs of the sorted distinct ``values`` with multiplicities."""
-    shift = float((values * counts).sum() / counts.sum())
-    pw, p1, p2 = (t.cpu().numpy() for t in _prefix_sums(values - shift, counts))
-    bounds = _dp_bounds(pw, p1, p2, k)
-    centers = (p1[bounds[1:]] - p1[bounds[:-1]]) / (pw[bounds[1:]] - pw[bounds[:-1]]) + shift
-    return torch.from_numpy(centers).to(values.device)
-
-
-def _dp_bounds(pw: np.ndarray, p1: np.ndarray, p2: np.ndarray, k: int) -> np.ndarray:
-    """Run boundaries ``0 = b_0 < ... < b_k = m`` minimizing the total within-run squared error.
-
-    ``D_c(i)``, the best error of the first i values in c runs, is ``min_j D_{c-1}(j) + cost(j, i)``. The
-    run cost satisfies the quadrangle inequality, so the best split ``j`` is non-decreasing in ``i``.
-    """
-    m = pw.size - 1
-    previous = p2 - p1 * p1 / np.maximum(pw, 1.0)  # D_1(i): one run over the first i values
-    splits = []
-    for c in range(2, k + 1):
-        # Rows needed: at least c values in c runs, and at least k - c values left for the other runs.
-        lo_row, hi_row = c, m - (k - c)
-        layer, opt = _dp_layer(previous - p2, pw, p1, c - 1, lo_row, hi_row)
-        splits.append((lo_row, opt))
-        previous = np.full(m + 1, np.inf)
-        previous[lo_row : hi_row + 1] = layer + p2[lo_row : hi_row + 1]
-    bounds = np.empty(k + 1, dtype=np.int64)
-    bounds[0], bounds[k] = 0, m
-    for c in range(k, 1, -1):
-        lo_row, opt = splits[c - 2]
-        bounds[c - 1] = opt[bounds[c] - lo_row]
-    return bounds
-
-
-def _dp_layer(
-    base: np.ndarray, pw: np.ndarray, p1: np.ndarray, first_split: int, lo_row: int, hi_row: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row minima ``min_j base(j) - (P1(i) - P1(j))^2 / (W(i) - W(j))`` and their leftmost argmins for rows
-    ``lo_row..hi_row``, by divide and conquer on the monotone argmin, one recursion level per step."""
-    rows = hi_row - lo_row + 1
-    value = np.empty(rows)
-    opt = np.empty(rows, dtype=np.int64)
-    # Pending row intervals [a, b] (offsets from lo_row), each with its candidate split range [jlo, jhi].
-    a = np.zeros(1, dtype=np.int64)
-    b = np.full(1, rows - 1, dtype=np.int64)
-    jlo = np.full(1, first_split, dtype=np.int64)
-    jhi = np.full(1, hi_row - 1, dtype=np.int64)
-    while a.size:
-        mid = (a + b) // 2
-        i = mid + lo_row
-        width = np.minimum(jhi, i - 1) - jlo + 1
-        starts = np.cumsum(width) - width
-        owner = np.repeat(np.arange(mid.size), width)
-        j = np.arange(starts[-1] + width[-1]) - starts[owner] + jlo[owner]
-        ii = i[owner]
-        s1 = p1[ii] - p1[j]
-        cost = base[j] - s1 * s1 / (pw[ii] - pw[j])
-        best = np.minimum.reduceat(cost, starts)
-        leftmost = np.minimum.reduceat(np.where(cost == best[owner], np.arange(cost.size), cost.size), starts)
-        split = j[leftmost]
-        value[mid] = best
-        opt[mid] = split
-        left, right = mid > a, mid < b
-        a, b = np.concatenate([a[left], mid[right] + 1]), np.concatenate([mid[left] - 1, b[right]])
-        jlo, jhi = np.concatenate([jlo[left], split[right]]), np.concatenate([split[left], jhi[right]])
-    return value, opt
-
-
-def _lloyd_1d(values: torch.Tensor, counts: torch.Tensor, k: int, max_iter: int, tol: float) -> torch.Tensor:
-    """Near-optimal 1-D k-means when the exact DP is too costly; returns ascending float64 centers.
-
-    Starts from the exact DP over groups of consecutive sorted values, cut at ``_DP_GROUPS`` (at least
-    16 per center) equal steps of weight, of count and of value (so sparse tails are cut finely too): the
-    optimum among partitions that keep each group whole. Then polishes with Lloyd on the sorted values:
-    clusters are runs split at center midpoints (searchsorted) and run sums come from prefix sums, so an
-    iteration costs O(K log N).
-    """
-    m = values.numel()
-    shift = float((values * counts).sum() / counts.sum())
-    values = values - shift
-    pw, p1, p2 = _prefix_sums(values, counts)
-    groups = max(_DP_GROUPS, 16 * k)
-    cuts = torch.linspace(0.0, 1.0, groups + 1, dtype=torch.float64, device=values.device)
-    by_weight = torch.searchsorted(pw, cuts * pw[-1])
-    by_count = (cuts * m).round().long()
-    by_value = torch.searchsorted(values, values[0] + cuts * (values[-1] - values[0]))
-    edges = torch.unique(torch.cat([by_weight.clamp(max=m), by_count, by_value]))
-    ew, e1, e2 = (t[edges].cpu().numpy() for t in (pw, p1, p2))
-    bounds = _dp_bounds(ew, e1, e2, k)
-    centers = torch.from_numpy((e1[bounds[1:]] - e1[bounds[:-1]]) / (ew[bounds[1:]] - ew[bounds[:-1]]))
-    centers = centers.to(values.device)
-    previous, bounds = math.inf, None
-    for _ in range(max_iter):
-        cut = torch.searchsorted(values, (centers[1:] + centers[:-1]) * 0.5, right=True)
-        new_bounds = torch.cat([cut.new_zeros(1), cut, cut.new_full((1,), m)])
-        weight = pw[new_bounds[1:]] - pw[new_bounds[:-1]]
-        s1 = p1[new_bounds[1:]] - p1[new_bounds[:-1]]
-        empty = weight == 0
-        if bool(empty.any()):
-            # Re-seed empty runs with the values farthest from their current centers.
-            owner = torch.searchsorted(new_bounds[1:], torch.arange(m, device=values.device), right=True)
-            far = torch.sort((values - centers[owner]).abs(), descending=True, stable=True).indices
-            centers[empty] = values[far[: int(empty.sum())]]
-            centers = torch.sort(centers).values
-            previous, bounds = math.inf, None
-            continue
-        centers = s1 / weight
-        current = float((p2[new_bounds[1:]] - p2[new_bounds[:-1]] - s1 * centers).sum())
-        if bounds is not None and torch.equal(bounds, new_bounds):
-            break
-        if previous - current <= tol * current:
-            break
-        previous, bounds = current, new_bounds
-    return centers + shift

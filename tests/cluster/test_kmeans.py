@@ -207,9 +207,6 @@ def test_flatnonzero_matches_torch(fraction: float) -> None:
 
 
 def test_ties_go_to_the_lowest_index() -> None:
-    values = torch.tensor([0.0, 2.0, -2.0], dtype=torch.float64)
-    centers = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
-    assert kmeans_module._nearest_exact_1d(values, centers).tolist() == [0, 0, 1]
     rows = torch.tensor([[0.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     centers_2d = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
     assert kmeans_module._nearest_exact(rows, centers_2d).tolist() == [0, 0]

@@ -1,0 +1,164 @@
+"""k-means of scalars (rows of length 1, e.g. 1x1 convolutions): exact dynamic program, sorted Lloyd.
+
+Optimal 1-D clusters are runs of the sorted values, so everything works on the sorted distinct values
+with their multiplicities, in numpy on the host: its sort is several times faster than torch's on the CPU
+(0.4 vs 2.0 ms for 32,768 float64 values, one thread), and the dynamic program is a long chain of small
+vectorized steps where numpy's per-call cost is lowest.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted distinct values, each input value's position among them, and their multiplicities."""
+    unique, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    return unique, inverse.reshape(-1), counts
+
+
+def optimal_centers(values: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
+    """Globally optimal centers (ascending) of k runs of the sorted distinct ``values`` (``2 <= k < len``).
+
+    The run-cost matrix is Monge, so split points are monotone and each of the k layers of the dynamic
+    program is solved by divide and conquer in O(M log M) for M values.
+    """
+    shift = float(np.dot(values, counts) / counts.sum())
+    pw, p1, p2 = _prefix_sums(values - shift, counts)
+    bounds = _dp_bounds(pw, p1, p2, k)
+    return (p1[bounds[1:]] - p1[bounds[:-1]]) / (pw[bounds[1:]] - pw[bounds[:-1]]) + shift
+
+
+def near_optimal_centers(values: np.ndarray, counts: np.ndarray, k: int, groups: int, max_iter: int, tol: float):
+    """Near-optimal centers (ascending) when the exact program is too costly (``2 <= k < len(values)``).
+
+    Starts from the exact program over groups of consecutive sorted values, cut at ``groups`` (at least 16
+    per center) equal steps of weight, of count and of value (so sparse tails are cut finely too): the
+    optimum among partitions that keep each group whole. Then polishes with Lloyd on the sorted values:
+    clusters are runs split at center midpoints (a binary search) and run sums come from prefix sums, so
+    an iteration costs O(K log M). Stops when no run boundary moves, when the error falls by less than
+    ``tol`` (relative), or after ``max_iter`` iterations.
+    """
+    m = values.size
+    shift = float(np.dot(values, counts) / counts.sum())
+    values = values - shift
+    pw, p1, p2 = _prefix_sums(values, counts)
+    cuts = np.linspace(0.0, 1.0, max(groups, 16 * k) + 1)
+    by_weight = np.minimum(np.searchsorted(pw, cuts * pw[-1]), m)
+    by_count = np.rint(cuts * m).astype(np.int64)
+    by_value = np.searchsorted(values, values[0] + cuts * (values[-1] - values[0]))
+    edges = np.unique(np.concatenate([by_weight, by_count, by_value]))
+    ew, e1, e2 = pw[edges], p1[edges], p2[edges]
+    bounds = _dp_bounds(ew, e1, e2, k)
+    centers = (e1[bounds[1:]] - e1[bounds[:-1]]) / (ew[bounds[1:]] - ew[bounds[:-1]])
+    previous, bounds = math.inf, None
+    for _ in range(max_iter):
+        cut = np.searchsorted(values, (centers[1:] + centers[:-1]) * 0.5, side="right")
+        new_bounds = np.concatenate([[0], cut, [m]])
+        weight = pw[new_bounds[1:]] - pw[new_bounds[:-1]]
+        s1 = p1[new_bounds[1:]] - p1[new_bounds[:-1]]
+        empty = weight == 0
+        if empty.any():
+            # Re-seed empty runs with the values farthest from their current centers.
+            owner = np.searchsorted(new_bounds[1:], np.arange(m), side="right")
+            far = np.argsort(-np.abs(values - centers[owner]), kind="stable")
+            centers[empty] = values[far[: int(empty.sum())]]
+            centers = np.sort(centers)
+            previous, bounds = math.inf, None
+            continue
+        centers = s1 / weight
+        current = float((p2[new_bounds[1:]] - p2[new_bounds[:-1]] - s1 * centers).sum())
+        if bounds is not None and np.array_equal(bounds, new_bounds):
+            break
+        if previous - current <= tol * current:
+            break
+        previous, bounds = current, new_bounds
+    return centers + shift
+
+
+def nearest(values: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Index of each value's nearest center (float64 differences), ties to the lowest index, in
+    O(M log K): only the centers just below and above a value can be nearest."""
+    k = centers.size
+    original = np.argsort(centers, kind="stable")
+    sorted_c = centers[original]
+    pos = np.searchsorted(sorted_c, values)
+    # Move to the first of equal center values: with a stable sort it has the lowest original index.
+    above = np.searchsorted(sorted_c, sorted_c[np.minimum(pos, k - 1)])
+    below = np.searchsorted(sorted_c, sorted_c[np.maximum(pos - 1, 0)])
+    dist_below = np.square(values - sorted_c[below])
+    dist_above = np.square(values - sorted_c[above])
+    idx_below, idx_above = original[below], original[above]
+    take_above = (dist_above < dist_below) | ((dist_above == dist_below) & (idx_above < idx_below))
+    return np.where(take_above, idx_above, idx_below)
+
+
+def _prefix_sums(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Prefix sums (leading 0) of weight, weighted value and weighted square of sorted distinct values."""
+    w = counts.astype(np.float64)
+    zero = np.zeros(1)
+    return (
+        np.concatenate([zero, np.cumsum(w)]),
+        np.concatenate([zero, np.cumsum(w * values)]),
+        np.concatenate([zero, np.cumsum(w * np.square(values))]),
+    )
+
+
+def _dp_bounds(pw: np.ndarray, p1: np.ndarray, p2: np.ndarray, k: int) -> np.ndarray:
+    """Run boundaries ``0 = b_0 < ... < b_k = m`` minimizing the total within-run squared error.
+
+    ``D_c(i)``, the best error of the first i values in c runs, is ``min_j D_{c-1}(j) + cost(j, i)``. The
+    run cost satisfies the quadrangle inequality, so the best split ``j`` is non-decreasing in ``i``.
+    """
+    m = pw.size - 1
+    previous = p2 - p1 * p1 / np.maximum(pw, 1.0)  # D_1(i): one run over the first i values
+    splits = []
+    for c in range(2, k + 1):
+        # Rows needed: at least c values in c runs, and at least k - c values left for the other runs.
+        lo_row, hi_row = c, m - (k - c)
+        layer, opt = _dp_layer(previous - p2, pw, p1, c - 1, lo_row, hi_row)
+        splits.append((lo_row, opt))
+        previous = np.full(m + 1, np.inf)
+        previous[lo_row : hi_row + 1] = layer + p2[lo_row : hi_row + 1]
+    bounds = np.empty(k + 1, dtype=np.int64)
+    bounds[0], bounds[k] = 0, m
+    for c in range(k, 1, -1):
+        lo_row, opt = splits[c - 2]
+        bounds[c - 1] = opt[bounds[c] - lo_row]
+    return bounds
+
+
+def _dp_layer(
+    base: np.ndarray, pw: np.ndarray, p1: np.ndarray, first_split: int, lo_row: int, hi_row: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row minima ``min_j base(j) - (P1(i) - P1(j))^2 / (W(i) - W(j))`` and their leftmost argmins for rows
+    ``lo_row..hi_row``, by divide and conquer on the monotone argmin, one recursion level per step."""
+    rows = hi_row - lo_row + 1
+    value = np.empty(rows)
+    opt = np.empty(rows, dtype=np.int64)
+    # Pending row intervals [a, b] (offsets from lo_row), each with its candidate split range [jlo, jhi].
+    a = np.zeros(1, dtype=np.int64)
+    b = np.full(1, rows - 1, dtype=np.int64)
+    jlo = np.full(1, first_split, dtype=np.int64)
+    jhi = np.full(1, hi_row - 1, dtype=np.int64)
+    while a.size:
+        mid = (a + b) // 2
+        i = mid + lo_row
+        width = np.minimum(jhi, i - 1) - jlo + 1
+        starts = np.cumsum(width) - width
+        owner = np.repeat(np.arange(mid.size), width)
+        j = np.arange(starts[-1] + width[-1]) - starts[owner] + jlo[owner]
+        ii = i[owner]
+        s1 = p1[ii] - p1[j]
+        cost = base[j] - s1 * s1 / (pw[ii] - pw[j])
+        best = np.minimum.reduceat(cost, starts)
+        leftmost = np.minimum.reduceat(np.where(cost == best[owner], np.arange(cost.size), cost.size), starts)
+        split = j[leftmost]
+        value[mid] = best
+        opt[mid] = split
+        left, right = mid > a, mid < b
+        a, b = np.concatenate([a[left], mid[right] + 1]), np.concatenate([mid[left] - 1, b[right]])
+        jlo, jhi = np.concatenate([jlo[left], split[right]]), np.concatenate([split[left], jhi[right]])
+    return value, opt

@@ -1,0 +1,36 @@
+"""Scalar k-means helpers: distinct values with multiplicities, nearest center with ties, exact optimum."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deepkmeans.cluster import kmeans1d
+
+
+def test_distinct_rebuilds_the_input() -> None:
+    x = np.array([3.0, -1.0, 3.0, 0.5, -1.0, 3.0])
+    values, inverse, counts = kmeans1d.distinct(x)
+    assert values.tolist() == [-1.0, 0.5, 3.0]
+    assert counts.tolist() == [2, 1, 3]
+    assert np.array_equal(values[inverse], x)
+
+
+def test_nearest_ties_go_to_the_lowest_index() -> None:
+    values = np.array([0.0, 2.0, -2.0])
+    centers = np.array([1.0, -1.0, 1.0])
+    assert kmeans1d.nearest(values, centers).tolist() == [0, 0, 1]
+
+
+def test_optimal_centers_split_separated_groups() -> None:
+    values, _, counts = kmeans1d.distinct(np.array([0.0, 0.1, 0.2, 5.0, 5.2, 9.0, 9.0, 9.3]))
+    centers = kmeans1d.optimal_centers(values, counts, 3)
+    assert np.allclose(centers, [0.1, 5.1, 9.1])
+
+
+def test_near_optimal_centers_match_the_optimum_on_separated_groups() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(mean, 0.01, 500) for mean in (-3.0, 0.0, 2.0, 7.0)])
+    values, _, counts = kmeans1d.distinct(x)
+    exact = kmeans1d.optimal_centers(values, counts, 4)
+    near = kmeans1d.near_optimal_centers(values, counts, 4, groups=16, max_iter=100, tol=1e-9)
+    assert np.allclose(near, exact, rtol=0, atol=1e-12)
