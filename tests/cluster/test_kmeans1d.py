@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from deepkmeans.cluster import kmeans1d
 
@@ -32,5 +33,18 @@ def test_near_optimal_centers_match_the_optimum_on_separated_groups() -> None:
     x = np.concatenate([rng.normal(mean, 0.01, 500) for mean in (-3.0, 0.0, 2.0, 7.0)])
     values, _, counts = kmeans1d.distinct(x)
     exact = kmeans1d.optimal_centers(values, counts, 4)
-    near = kmeans1d.near_optimal_centers(values, counts, 4, groups=16, max_iter=100, tol=1e-9)
+    near = kmeans1d.near_optimal_centers(values, counts, 4, max_iter=100, tol=1e-9)
     assert np.allclose(near, exact, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dense_and_monotone_programs_agree(seed: int) -> None:
+    # Small problems use the dense min-plus program, large ones divide and conquer: same optimum.
+    rng = np.random.default_rng(seed)
+    x = rng.standard_t(3, 300) if seed % 2 else rng.integers(0, 120, 300) / 7.0  # tails; repeated values
+    values, _, counts = kmeans1d.distinct(x)
+    pw, p1, p2 = kmeans1d._prefix_sums(values - values.mean(), counts)
+    for k in (2, 7, 30):
+        dense = kmeans1d._dp_bounds_dense(pw, p1, p2, k)
+        monotone = kmeans1d._dp_bounds_monotone(pw, p1, p2, k)
+        assert np.array_equal(dense, monotone)
