@@ -82,9 +82,9 @@ def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, to
     """
     _validate(rows, k)
     n, d = rows.shape
-    x = rows.detach().to(torch.float64)
     if d == 1:
         return _cluster_1d(rows, k, exact=None, max_iter=max_iter, tol=tol)
+    x = rows.detach().to(torch.float64)
     if k >= n:
         return _distinct_rows(rows, x)
     if k == 1:

@@ -29,13 +29,12 @@ def distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def optimal_centers(values: np.ndarray, counts: np.ndarray, k: int) -> np.ndarray:
     """Globally optimal centers (ascending) of k runs of the sorted distinct ``values`` (``2 <= k < len``).
 
-    The run-cost matrix is Monge, so split points are monotone and each of the k layers of the dynamic
-    program is solved by divide and conquer in O(M log M) for M values.
+    Each of the k layers of the dynamic program is one dense min-plus product for up to ``DENSE_MAX``
+    values, else divide and conquer in O(M log M) over the monotone split points (the run cost is Monge).
     """
     shift = float(np.dot(values, counts) / counts.sum())
     pw, p1, p2 = _prefix_sums(values - shift, counts)
-    bounds = _dp_bounds(pw, p1, p2, k)
-    return (p1[bounds[1:]] - p1[bounds[:-1]]) / (pw[bounds[1:]] - pw[bounds[:-1]]) + shift
+    return _run_means(pw, p1, _dp_bounds(pw, p1, p2, k)) + shift
 
 
 def near_optimal_centers(values: np.ndarray, counts: np.ndarray, k: int, max_iter: int, tol: float) -> np.ndarray:
@@ -57,8 +56,7 @@ def near_optimal_centers(values: np.ndarray, counts: np.ndarray, k: int, max_ite
     by_value = np.searchsorted(values, values[0] + cuts * (values[-1] - values[0]))
     edges = np.unique(np.concatenate([by_weight, by_value]))
     ew, e1, e2 = pw[edges], p1[edges], p2[edges]
-    bounds = _dp_bounds(ew, e1, e2, k)
-    centers = (e1[bounds[1:]] - e1[bounds[:-1]]) / (ew[bounds[1:]] - ew[bounds[:-1]])
+    centers = _run_means(ew, e1, _dp_bounds(ew, e1, e2, k))
     previous, bounds = math.inf, None
     for _ in range(max_iter):
         cut = np.searchsorted(values, (centers[1:] + centers[:-1]) * 0.5, side="right")
@@ -110,6 +108,11 @@ def _prefix_sums(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np
         np.concatenate([zero, np.cumsum(w * values)]),
         np.concatenate([zero, np.cumsum(w * np.square(values))]),
     )
+
+
+def _run_means(pw: np.ndarray, p1: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Weighted mean of each run ``bounds[c]..bounds[c + 1] - 1`` from the prefix sums."""
+    return (p1[bounds[1:]] - p1[bounds[:-1]]) / (pw[bounds[1:]] - pw[bounds[:-1]])
 
 
 def _dp_bounds(pw: np.ndarray, p1: np.ndarray, p2: np.ndarray, k: int) -> np.ndarray:
