@@ -18,14 +18,10 @@ from pathlib import Path
 
 import torch
 
-from deepkmeans.api import load_model_file
-from deepkmeans.compress import resolve_specs
+from deepkmeans import DeepKMeans
 from deepkmeans.config import load_config
-from deepkmeans.data import load_data
-from deepkmeans.models import build_model
-from deepkmeans.pipeline import compress_and_measure, layer_hardness
-from deepkmeans.regularize.regularizer import KMeansRegularizer
-from deepkmeans.train import evaluate, fit, pick_device
+from deepkmeans.pipeline import compress_and_measure, model_meta, pretrain, start_session
+from deepkmeans.train import evaluate, fit
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,32 +39,24 @@ def main() -> None:
     epochs = args.epochs or max(cfg.retrain.epochs, 1)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    train, test = load_data(cfg.dataset, cfg.data_dir, cfg.train.batch_size, cfg.seed)
-    ckpt = work / "pretrain.ckpt"
-    model = build_model(cfg.model)
-    fit(model, train, test, cfg.train, device, ckpt, meta={"model": cfg.model, "dataset": cfg.dataset}, desc="pretrain")
-    pretrained, _, _ = load_model_file(ckpt)
-    _, dense_acc = evaluate(pretrained.to(device), test, device)
-    specs = resolve_specs(pretrained, cfg.compress.layers)
-    base, _ = compress_and_measure(pretrained, cfg, test, device, work / "no_retrain.dkm")
-    hard0 = layer_hardness(pretrained, specs, cfg.compress.seed)
+    session = start_session(cfg, cfg.train.batch_size)
+    loop, meta = session.loop, model_meta(cfg)
+    pretrained, _ = pretrain(cfg, session, work / "pretrain.ckpt")
+    _, dense_acc = evaluate(pretrained, loop.test, loop.device)
+    _, base = compress_and_measure(pretrained, cfg, loop, work / "no_retrain.dkm", meta)
+    hard0 = {r.name: r.hardness for r in DeepKMeans(pretrained, cfg.compress).report()}
 
     rows = []
     for method in args.methods.split(","):
         torch.manual_seed(cfg.seed)
-        model = copy.deepcopy(pretrained).to(device)
+        model = copy.deepcopy(pretrained).to(loop.device)
         rcfg = replace(cfg.retrain, method=method, epochs=epochs)
-        reg = None
-        if method != "none":
-            reg = KMeansRegularizer(model, cfg.compress.layers, method, rcfg.lam, rcfg.refresh_every, cfg.compress.seed)
-        train.batch_size = rcfg.batch_size
-        log = fit(model, train, test, rcfg, device, None, regularizer=reg, desc=f"retrain[{method}]")
-        result, _ = compress_and_measure(model, cfg, test, device, work / f"{method}.dkm")
-        hard = layer_hardness(model, specs, cfg.compress.seed)
+        dkm = DeepKMeans(model, cfg.compress, rcfg.regularizer)
+        retrain_loop = replace(loop, train=loop.train.with_batch_size(rcfg.batch_size))
+        log = fit(model, retrain_loop, rcfg, stage=f"retrain[{method}]", dkm=dkm)
+        _, result = compress_and_measure(model, cfg, loop, work / f"{method}.dkm", meta)
+        hard = {r.name: r.hardness for r in dkm.report()}
         rows.append((method, result, hard, statistics.mean(e.seconds for e in log), log[-1].test_acc))
-
     none_time = next((r[3] for r in rows if r[0] == "none"), None)
     names = list(hard0)
     lines = [

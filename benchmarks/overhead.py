@@ -13,20 +13,21 @@ import argparse
 import copy
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from deepkmeans import DeepKMeans
 from deepkmeans.config import load_config
 from deepkmeans.data import load_data
 from deepkmeans.models import build_model
-from deepkmeans.regularize.regularizer import KMeansRegularizer
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _block(model: nn.Module, opt: torch.optim.Optimizer, batches: list, reg: KMeansRegularizer | None) -> float:
+def _block(model: nn.Module, opt: torch.optim.Optimizer, batches: list, reg: DeepKMeans | None) -> float:
     start = time.perf_counter()
     for x, y in batches:
         loss = nn.functional.cross_entropy(model(x), y)
@@ -53,7 +54,7 @@ def main() -> None:
     plain = build_model(cfg.model)
     shared = copy.deepcopy(plain)
     opts = [torch.optim.SGD(m.parameters(), lr=rcfg.lr, momentum=rcfg.momentum) for m in (plain, shared)]
-    reg = KMeansRegularizer(shared, cfg.compress.layers, "kmeans", rcfg.lam, rcfg.refresh_every, cfg.compress.seed)
+    reg = DeepKMeans(shared, cfg.compress, replace(rcfg, method="kmeans").regularizer)
     _block(plain, opts[0], batches, None)  # warm-up
     _block(shared, opts[1], batches, reg)
     ratios = []

@@ -9,14 +9,14 @@ how the presets' K/p lists translate into bits, not what accuracy they keep.
 from __future__ import annotations
 
 import argparse
-import copy
 import tempfile
 from pathlib import Path
 
 import torch
 
-from deepkmeans import api
+from deepkmeans import account, compress, save
 from deepkmeans.config import load_config
+from deepkmeans.files import load_model_file
 from deepkmeans.models.wrn import wrn16_4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", help="trained WRN-16-4 checkpoint (default: random init, seed 0)")
     args = parser.parse_args()
     if args.checkpoint:
-        model, _, _ = api.load_model_file(args.checkpoint)
+        model = load_model_file(args.checkpoint).model
         source = f"checkpoint {args.checkpoint}"
     else:
         torch.manual_seed(0)
@@ -40,10 +40,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for preset, name in PRESETS.items():
             cfg = load_config(ROOT / "configs" / name)
-            shared = copy.deepcopy(model)
-            cm = api.compress(shared, cfg.compress, {"name": "wrn16_4", "dataset": "cifar10"})
-            size = api.save(cm, Path(tmp) / f"{preset}.dkm")
-            acc = api.account(shared, cm, size)
+            shared = compress(model, cfg.compress)
+            size = save(shared, Path(tmp) / f"{preset}.dkm", {"name": "wrn16_4", "dataset": "cifar10"})
+            acc = account(shared, size)
             print(f"| {preset} | {acc.paper_cr:.1f}x | {acc.file_cr:.1f}x | {size} | {acc.dense_bytes} |")
 
 

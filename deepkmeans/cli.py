@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import replace
-from pathlib import Path
+import warnings
+from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
 from deepkmeans.errors import DeepKMeansError
@@ -103,120 +103,77 @@ def _config(args: argparse.Namespace) -> RunConfig:
     from deepkmeans.config import load_config
 
     cfg = load_config(getattr(args, "config", None) or getattr(args, "config_file", None))
-    if getattr(args, "data_dir", None):
-        cfg = replace(cfg, data_dir=args.data_dir)
-    if getattr(args, "device", None):
-        cfg = replace(cfg, device=args.device)
-    return cfg
+    overrides = {k: getattr(args, k, None) for k in ("data_dir", "device", "out_dir")}
+    return replace(cfg, **{k: v for k, v in overrides.items() if v})
+
+
+def _with(where: str, section: object, **overrides: object) -> object:
+    """``section`` with the overrides that were given on the command line (validated by the config)."""
+    from deepkmeans.errors import ConfigError
+
+    try:
+        return replace(section, **{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise ConfigError(f"{where}.{exc}") from None
 
 
 def cmd_run(args: argparse.Namespace) -> None:
     from deepkmeans.pipeline import run
 
-    cfg = _config(args)
-    if args.out_dir:
-        cfg = replace(cfg, out_dir=args.out_dir)
-    run(cfg, quick=args.quick, progress=not args.no_progress)
+    run(_config(args), quick=args.quick, progress=False if args.no_progress else None)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from deepkmeans import pipeline
+    from deepkmeans.jobs import train_checkpoint
 
     cfg = _config(args)
-    if args.epochs is not None:
-        cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
-        cfg.validate()
-    session = pipeline.start_session(cfg, cfg.train.batch_size)
-    pipeline.pretrain(cfg, session, Path(args.output))
-    if session.rank.is_main:
-        print(f"wrote {args.output}")
+    cfg = replace(cfg, train=_with("train", cfg.train, epochs=args.epochs))
+    train_checkpoint(cfg, args.output)
+    print(f"wrote {args.output}")
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    from deepkmeans import pipeline
-    from deepkmeans.api import load_model_file
+    from deepkmeans.jobs import retrain_checkpoint
 
     cfg = _config(args)
-    overrides = {
-        k: v for k, v in (("method", args.method), ("epochs", args.epochs), ("lam", args.lam)) if v is not None
-    }
-    cfg = replace(cfg, retrain=replace(cfg.retrain, **overrides))
-    cfg.validate()
-    model, meta, _ = load_model_file(args.checkpoint)
-    session = pipeline.start_session(cfg, cfg.retrain.batch_size, dataset=meta.get("dataset"))
-    pipeline.retrain(cfg, model, session, Path(args.output), meta, verbose=True)
-    if session.rank.is_main:
-        print(f"wrote {args.output}")
+    cfg = replace(cfg, retrain=_with("retrain", cfg.retrain, method=args.method, epochs=args.epochs, lam=args.lam))
+    retrain_checkpoint(args.checkpoint, cfg, args.output)
+    print(f"wrote {args.output}")
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    from deepkmeans import api
+    from deepkmeans.jobs import compress_checkpoint
     from deepkmeans.report.tables import layer_table, ratio_summary
 
-    cfg = _config(args)
-    model, meta, _ = api.load_model_file(args.checkpoint)
-    model.cpu()
-    cm = api.compress(model, cfg.compress, {"name": meta.get("model"), "dataset": meta.get("dataset")})
-    size = api.save(cm, args.output)
-    acc = api.account(model, cm, size)
-    print(layer_table(acc))
-    print(ratio_summary(acc))
-    print(f"wrote {args.output} ({size} bytes)")
+    accounting = compress_checkpoint(args.checkpoint, _config(args), args.output)
+    print(layer_table(accounting))
+    print(ratio_summary(accounting))
+    print(f"wrote {args.output} ({accounting.file_bytes} bytes)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from deepkmeans import api
-    from deepkmeans.codec.model_file import CompressedModel
-    from deepkmeans.data import load_data
+    from deepkmeans.jobs import evaluate_file
     from deepkmeans.report.tables import layer_table, ratio_summary
-    from deepkmeans.train import evaluate, pick_device
 
-    model, meta, cm = api.load_model_file(args.file)
-    dataset = meta.get("dataset")
-    if not isinstance(dataset, str):
-        raise DeepKMeansError(f"{args.file}: does not name its dataset")
-    device = pick_device(args.device)
-    _, test = load_data(dataset, args.data_dir, 256)
-    loss, acc_value = evaluate(model.to(device), test, device)
-    model.cpu()
-    accounting = api.account(model, cm or CompressedModel({}, {}), Path(args.file).stat().st_size if cm else None)
+    result = evaluate_file(args.file, args.data_dir, args.device)
+    m = result.measurement
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "file": args.file,
-                    "test_acc": acc_value,
-                    "test_loss": loss,
-                    "paper_cr": accounting.paper_cr,
-                    "file_cr": accounting.file_cr,
-                    "file_bytes": accounting.file_bytes,
-                    "dense_bytes": accounting.dense_bytes,
-                    "layers": [vars(la) for la in accounting.layers],
-                },
-                indent=2,
-            )
-        )
+        doc = {"file": result.file, "model": result.model, "dataset": result.dataset}
+        doc |= {"test_acc": m.test_acc, "test_loss": m.test_loss, "paper_cr": m.paper_cr, "file_cr": m.file_cr}
+        doc |= asdict(m.accounting)
+        print(json.dumps(doc, indent=2))
         return
-    print(f"{args.file}: {meta.get('model')} on {dataset}: test accuracy {100 * acc_value:.2f}%, loss {loss:.4f}")
-    print(layer_table(accounting))
-    print(ratio_summary(accounting))
+    subject = f"{result.file}: {result.model} on {result.dataset}"
+    print(f"{subject}: test accuracy {100 * m.test_acc:.2f}%, loss {m.test_loss:.4f}")
+    print(layer_table(m.accounting))
+    print(ratio_summary(m.accounting))
 
 
 def cmd_energy(args: argparse.Namespace) -> None:
-    from deepkmeans import api
     from deepkmeans.energy import format_table, plot_breakdown, result_to_dict
-    from deepkmeans.models import build_model, model_info
+    from deepkmeans.jobs import energy_of
 
-    if (args.file is None) == (args.model is None):
-        raise DeepKMeansError("energy needs exactly one of FILE or --model NAME")
-    if args.model:
-        model, name, cm = build_model(args.model), args.model, None
-    else:
-        model, meta, cm = api.load_model_file(args.file)
-        name = meta.get("model")
-        if not isinstance(name, str):
-            raise DeepKMeansError(f"{args.file}: does not name a built-in architecture")
-    result = api.estimate_energy(model, model_info(name).input_shape, cm, args.batch)
+    result = energy_of(args.file, args.model, args.batch)
     if args.plot:
         plot_breakdown(result, args.plot)
     if args.json:
@@ -228,31 +185,15 @@ def cmd_energy(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from deepkmeans import api
-    from deepkmeans.data import load_data
-    from deepkmeans.sweep import sweep, write_sweep
-    from deepkmeans.train import pick_device
-
-    cfg = _config(args)
-    model, meta, _ = api.load_model_file(args.checkpoint)
-    device = pick_device(cfg.device)
-    _, test = load_data(meta.get("dataset", cfg.dataset), cfg.data_dir, 256, cfg.seed)
+    from deepkmeans.jobs import sweep_checkpoint
 
     def show(point: SweepPoint) -> None:
         where = {"dense": "dense", "K": f"K x {point.k_scale:g}", "p": f"p {point.p_offset:+g}"}[point.grid]
         print(f"  {where:<12} test accuracy {100 * point.test_acc:6.2f}%  paper CR {point.paper_cr:7.1f}x")
 
-    points = sweep(
-        model,
-        test,
-        device,
-        cfg.compress,
-        _floats(args.scales, "--scales"),
-        _floats(args.p_offsets, "--p-offsets"),
-        model_meta={"name": meta.get("model"), "dataset": meta.get("dataset")},
-        on_point=show,
-    )
-    print(f"wrote {write_sweep(points, args.out_dir, meta.get('model'), meta.get('dataset'))}")
+    scales, offsets = _floats(args.scales, "--scales"), _floats(args.p_offsets, "--p-offsets")
+    path = sweep_checkpoint(args.checkpoint, _config(args), scales, offsets, args.out_dir, show)
+    print(f"wrote {path}")
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -273,13 +214,23 @@ COMMANDS = {
 }
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+    print(f"deepkmeans: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes end in one line on stderr and exit code 2, never a traceback."""
     args = build_parser().parse_args(argv)
+    shown = warnings.showwarning
+    warnings.showwarning = _show_warning
     try:
         COMMANDS[args.command](args)
     except DeepKMeansError as exc:
         print(f"deepkmeans: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file that cannot be read or written: the user's environment, not a bug
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"deepkmeans: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -287,4 +238,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0

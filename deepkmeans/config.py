@@ -1,4 +1,8 @@
-"""Run configuration: dataclasses <-> YAML, validated with messages a user can act on."""
+"""Configuration: dataclasses validated when built, read from and written to YAML.
+
+Every config checks its fields in ``__post_init__``, so a bad value fails where it is made (in Python or
+in a YAML file) with a :class:`ConfigError` naming the field path, never later inside the algorithm.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,20 @@ from deepkmeans.errors import ConfigError
 METHODS = ("none", "spectral", "kmeans")
 
 
-@dataclass
+def _require(ok: bool, path: str, message: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{path} {message}, got {value!r}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
 class LayerSpec:
     """Per-layer sharing target: K centers, sparsity p, row length d (None: kernel width / 1 for FC)."""
 
@@ -24,30 +41,55 @@ class LayerSpec:
     p: float = 0.0
     d: int | None = None
 
-    def validate(self, where: str) -> None:
-        if not isinstance(self.K, int) or self.K < 1:
-            raise ConfigError(f"{where}: K must be an integer >= 1, got {self.K!r}")
-        if not 0.0 <= float(self.p) < 1.0:
-            raise ConfigError(f"{where}: p must be in [0, 1), got {self.p!r}")
-        if self.d is not None and (not isinstance(self.d, int) or self.d < 1):
-            raise ConfigError(f"{where}: d must be an integer >= 1, got {self.d!r}")
+    def __post_init__(self) -> None:
+        _require(_is_int(self.K) and self.K >= 1, "K", "must be an integer >= 1", self.K)
+        _require(_is_number(self.p) and 0.0 <= self.p < 1.0, "p", "must be a number in [0, 1)", self.p)
+        _require(self.d is None or (_is_int(self.d) and self.d >= 1), "d", "must be an integer >= 1", self.d)
+        object.__setattr__(self, "p", float(self.p))
 
 
-@dataclass
+@dataclass(frozen=True)
 class CompressConfig:
-    """Which layers to share and how. Keys are module names or glob patterns; first match wins."""
+    """Which layers to share and how: an ordered map from a module name, a glob pattern over names or
+    ``type:Class`` to a :class:`LayerSpec` (first match wins; ``None`` leaves the layer dense), and the
+    seed of every k-means run (re-training's and compression's alike)."""
 
-    layers: dict[str, LayerSpec] = field(default_factory=dict)
+    layers: dict[str, LayerSpec | None] = field(default_factory=dict)
     seed: int = 0
 
-    def validate(self) -> None:
-        for name, spec in self.layers.items():
-            spec.validate(f"compress.layers.{name}")
+    def __post_init__(self) -> None:
+        _require(isinstance(self.layers, dict), "layers", "must be a mapping", self.layers)
+        for key, spec in self.layers.items():
+            _require(isinstance(key, str) and key != "", "layers", "keys must be non-empty strings", key)
+            _require(spec is None or isinstance(spec, LayerSpec), f"layers.{key}", "must be a LayerSpec or None", spec)
+        _require(_is_int(self.seed), "seed", "must be an integer", self.seed)
 
 
-@dataclass
+@dataclass(frozen=True)
+class RegularizerConfig:
+    """Deep k-Means penalty: (lam/2) * sum_l R(W_l, F_l), F refreshed every ``refresh_every`` steps (T).
+
+    ``method``: 'kmeans' (exact indicator form), 'spectral' (the paper's relaxation) or 'none'.
+    """
+
+    method: str = "kmeans"
+    lam: float = 1e-3
+    refresh_every: int = 100
+
+    def __post_init__(self) -> None:
+        _require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", self.method)
+        _require(_is_number(self.lam) and self.lam >= 0, "lam", "must be a number >= 0", self.lam)
+        _require(
+            _is_int(self.refresh_every) and self.refresh_every >= 1,
+            "refresh_every",
+            "must be an integer >= 1",
+            self.refresh_every,
+        )
+
+
+@dataclass(frozen=True)
 class TrainConfig:
-    """Pre-training with SGD + momentum and a cosine learning-rate schedule."""
+    """Training with SGD + momentum and a cosine learning-rate schedule."""
 
     epochs: int = 4
     batch_size: int = 64
@@ -55,26 +97,21 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
 
-    def validate(self, where: str = "train") -> None:
-        if self.epochs < 0:
-            raise ConfigError(f"{where}.epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"{where}.batch_size must be >= 1, got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"{where}.lr must be > 0, got {self.lr}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"{where}.momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"{where}.weight_decay must be >= 0, got {self.weight_decay}")
+    def __post_init__(self) -> None:
+        _require(_is_int(self.epochs) and self.epochs >= 0, "epochs", "must be an integer >= 0", self.epochs)
+        _require(
+            _is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "must be an integer >= 1", self.batch_size
+        )
+        _require(_is_number(self.lr) and self.lr > 0, "lr", "must be a number > 0", self.lr)
+        _require(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
+        _require(
+            _is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay
+        )
 
 
-@dataclass
+@dataclass(frozen=True)
 class RetrainConfig(TrainConfig):
-    """Deep k-Means re-training: task loss + (lam/2) * sum of per-layer k-means penalties.
-
-    ``method``: 'kmeans' (exact indicator form), 'spectral' (the paper's relaxation) or 'none'
-    (plain fine-tuning, for comparison). F is refreshed every ``refresh_every`` iterations (T).
-    """
+    """Deep k-Means re-training: the training settings plus the penalty's (see :class:`RegularizerConfig`)."""
 
     epochs: int = 0
     lr: float = 0.01
@@ -83,19 +120,21 @@ class RetrainConfig(TrainConfig):
     lam: float = 1e-3
     refresh_every: int = 100
 
-    def validate(self, where: str = "retrain") -> None:
-        super().validate(where)
-        if self.method not in METHODS:
-            raise ConfigError(f"{where}.method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.lam < 0:
-            raise ConfigError(f"{where}.lam must be >= 0, got {self.lam}")
-        if self.refresh_every < 1:
-            raise ConfigError(f"{where}.refresh_every must be >= 1, got {self.refresh_every}")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.regularizer  # noqa: B018 - validates method, lam and refresh_every
+
+    @property
+    def regularizer(self) -> RegularizerConfig:
+        return RegularizerConfig(self.method, self.lam, self.refresh_every)
 
 
-@dataclass
+DATASETS = ("mnist", "cifar10")
+
+
+@dataclass(frozen=True)
 class RunConfig:
-    """Everything ``deepkmeans run`` needs: model, data, the three stages, and where to write."""
+    """Everything ``deepkmeans run`` needs: model, data, the stages, and where to write."""
 
     model: str = "lenet5_caffe"
     dataset: str = "mnist"
@@ -107,15 +146,12 @@ class RunConfig:
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         from deepkmeans.models import model_info
 
         model_info(self.model)
-        if self.dataset not in ("mnist", "cifar10"):
-            raise ConfigError(f"dataset must be 'mnist' or 'cifar10', got {self.dataset!r}")
-        self.train.validate()
-        self.retrain.validate()
-        self.compress.validate()
+        _require(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}", self.dataset)
+        _require(_is_int(self.seed), "seed", "must be an integer", self.seed)
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
@@ -129,40 +165,56 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return _convert(inner[0], value, where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        (item_tp,) = typing.get_args(tp)
+        return [_convert(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
-        key_tp, val_tp = typing.get_args(tp)
+        _, val_tp = typing.get_args(tp)
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return {str(k): _convert(val_tp, v, f"{where}.{k}") for k, v in value.items()}
+        return {str(k): _convert(val_tp, v, _join(where, k)) for k, v in value.items()}
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not _is_number(value):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not _is_int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
     return value
 
 
-def from_dict(cls: type, data: Any, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from a mapping; unknown keys are errors that list the valid ones."""
+def _join(where: str, key: Any) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
+def from_dict(cls: type, data: Any, where: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping; unknown keys and invalid values name their key path."""
+    at = where or "config"
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{at}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(map(str, data)) - set(names))
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
-    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in data.items()}
+        raise ConfigError(f"{at}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(names)}")
+    kwargs = {k: _convert(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
+    except ConfigError as exc:
+        raise ConfigError(_join(where, exc)) from None
     except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        raise ConfigError(f"{at}: {exc}") from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
@@ -171,22 +223,22 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def load_config(path: str | Path | None) -> RunConfig:
-    """Read and validate a YAML run config; ``None`` gives the embedded default (LeNet-5 on MNIST)."""
+    """Read a YAML run config; ``None`` gives the embedded default (LeNet-5 on MNIST)."""
     if path is None:
-        cfg = default_config()
-    else:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} not found")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-        cfg = from_dict(RunConfig, data or {}, str(path))
-    cfg.validate()
-    return cfg
+        return default_config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: invalid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return from_dict(RunConfig, data or {})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def default_config() -> RunConfig:

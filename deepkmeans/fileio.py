@@ -28,3 +28,25 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail now, in one line, if a file cannot be written at ``path`` (before any long work is done).
+
+    Creates the missing parent folders (the output would need them anyway) and a temporary file beside
+    ``path``, which it removes again.
+    """
+    from deepkmeans.errors import DeepKMeansError
+
+    if str(path).strip() == "":
+        raise DeepKMeansError("the output path is empty")
+    path = Path(path)
+    if path.is_dir():
+        raise DeepKMeansError(f"{path}: is a directory; give a file path for the output")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".check")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise DeepKMeansError(f"{path}: cannot write here ({exc.strerror or exc})") from None

@@ -1,33 +1,30 @@
 """Accuracy vs compression ratio: compress one model over a grid of K and sparsity p, measure each point.
 
 The grid passes through the given compression config: one line scales every layer's K (K * s), the
-other shifts every layer's sparsity p (p + offset). Each point is a fresh copy of the model,
-compressed with :func:`deepkmeans.api.compress`, evaluated on the test set and accounted for in bits
-(optionally also written to a real file). Published results for the same model are kept as data with
-their source so that plots can mark them apart from what was measured.
+other shifts every layer's sparsity p (p + offset). Each point is a compressed copy of the model, measured
+by :func:`deepkmeans.measure` (optionally through a real file). Published results for the same model are
+kept as data with their source so that plots can mark them apart from what was measured.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from deepkmeans import api
-from deepkmeans.codec.model_file import CompressedModel
 from deepkmeans.config import CompressConfig
 from deepkmeans.data import Batches
-from deepkmeans.fileio import write_atomic
-from deepkmeans.train import evaluate
+from deepkmeans.errors import ConfigError
+from deepkmeans.lifecycle import compress
+from deepkmeans.measure import measure
 
 P_MAX = 0.99
 
@@ -112,7 +109,9 @@ class SweepPoint:
 def scaled_config(config: CompressConfig, k_scale: float = 1.0, p_offset: float = 0.0) -> CompressConfig:
     """The config with every layer's K scaled (rounded, >= 1) and sparsity p shifted (clipped to [0, 0.99])."""
     layers = {
-        key: replace(
+        key: None
+        if spec is None
+        else replace(
             spec,
             K=max(1, math.floor(spec.K * k_scale + 0.5)),
             p=round(min(P_MAX, max(0.0, spec.p + p_offset)), 6),
@@ -123,7 +122,7 @@ def scaled_config(config: CompressConfig, k_scale: float = 1.0, p_offset: float 
 
 
 def _targets(config: CompressConfig) -> dict[str, dict[str, Any]]:
-    return {key: {"K": spec.K, "p": spec.p, "d": spec.d} for key, spec in config.layers.items()}
+    return {key: {"K": spec.K, "p": spec.p, "d": spec.d} for key, spec in config.layers.items() if spec is not None}
 
 
 def _measure(
@@ -134,16 +133,14 @@ def _measure(
     file_dir: Path | None,
     model_meta: dict[str, Any] | None,
 ) -> tuple[float, float, float, float | None, int | None]:
-    """Compress a CPU copy of ``model`` (``None``: leave it dense) and return (acc, loss, paper CR, file CR, bytes)."""
-    shared = copy.deepcopy(model).cpu()
+    """Measure ``model`` compressed by ``config`` (``None``: dense): (acc, loss, paper CR, file CR, bytes)."""
     if config is None:
-        cm = CompressedModel({}, {})
+        m = measure(model, test_batches, device)
     else:
-        cm = api.compress(shared, config, model_meta)
-    size = api.save(cm, file_dir / "point.dkm") if file_dir is not None and config is not None else None
-    loss, acc = evaluate(shared.to(device), test_batches, device)
-    accounting = api.account(shared.cpu(), cm, size)
-    return acc, loss, accounting.paper_cr, accounting.file_cr, size
+        shared = compress(model, config)
+        save_to = file_dir / "point.dkm" if file_dir is not None else None
+        m = measure(shared, test_batches, device, save_to=save_to, meta=model_meta)
+    return m.test_acc, m.test_loss, m.paper_cr, m.file_cr, m.file_bytes
 
 
 def sweep(
@@ -165,8 +162,8 @@ def sweep(
     writes each compressed file to a temporary folder to report the file CR; ``on_point`` is called
     after each point (e.g. to print progress).
     """
-    if not compress_config.layers:
-        raise ValueError("the compression config names no layer to share")
+    if not _targets(compress_config):
+        raise ConfigError("the compression config names no layer to share")
     plan: list[tuple[str, float, float]] = [("K", float(s), 0.0) for s in scales]
     plan += [("p", 1.0, float(o)) for o in p_offsets]
     jobs: list[tuple[str, float, float, CompressConfig | None]] = [("dense", 1.0, 0.0, None)]
@@ -176,7 +173,6 @@ def sweep(
         key = (grid, json.dumps(_targets(config), sort_keys=True))
         if key not in planned:
             planned.add(key)
-            config.validate()
             jobs.append((grid, k_scale, p_offset, config))
 
     points: list[SweepPoint] = []
@@ -196,71 +192,3 @@ def sweep(
             if on_point is not None:
                 on_point(point)
     return points
-
-
-def sweep_table(points: Sequence[SweepPoint], anchors: Sequence[Anchor] = ()) -> str:
-    """Markdown table of the measured points, then the published anchors in a separate table."""
-    lines = [
-        "| grid | point | per-layer K | per-layer p | test accuracy | test error | paper CR | file CR | file bytes |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for pt in points:
-        ks = ", ".join(f"{k}={v['K']}" for k, v in pt.layers.items()) or "-"
-        ps = ", ".join(f"{k}={v['p']:g}" for k, v in pt.layers.items()) or "-"
-        file_cr = f"{pt.file_cr:.1f}x" if pt.file_cr is not None else "-"
-        size = str(pt.file_bytes) if pt.file_bytes is not None else "-"
-        lines.append(
-            f"| {pt.grid} | {pt.label} | {ks} | {ps} | {100 * pt.test_acc:.2f}% | {pt.error_pct:.2f}% "
-            f"| {pt.paper_cr:.1f}x | {file_cr} | {size} |"
-        )
-    if anchors:
-        lines += [
-            "",
-            "Published results for the same model (from the literature, not measured here; each CR is as"
-            " reported by its authors, with their own storage accounting):",
-            "",
-            "| method | reported CR | reported test error | source |",
-            "|---|---|---|---|",
-        ]
-        lines += [f"| {a.method} | {a.paper_cr:g}x | {a.error_pct:g}% | {a.source} |" for a in anchors]
-    return "\n".join(lines)
-
-
-def write_sweep(
-    points: Sequence[SweepPoint], out_dir: str | Path, model: str | None = None, dataset: str | None = None
-) -> Path:
-    """Write sweep.json, sweep.md (table + plot link) and sweep.png into ``out_dir``; returns sweep.md.
-
-    Published anchors are added when ``model`` / ``dataset`` name a pair the literature reports on.
-    """
-    from deepkmeans.report.plots import plot_sweep
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    anchors = anchors_for(model, dataset)
-    doc = {
-        "model": model,
-        "dataset": dataset,
-        "points": [asdict(pt) | {"label": pt.label, "error_pct": pt.error_pct} for pt in points],
-        "published_anchors": [asdict(a) for a in anchors],
-    }
-    write_atomic(out / "sweep.json", (json.dumps(doc, indent=2) + "\n").encode())
-    plot_sweep(points, anchors, out / "sweep.png")
-    subject = f"{model} on {dataset}" if model and dataset else "the model"
-    text = "\n".join(
-        [
-            f"# Accuracy vs compression: {subject}",
-            "",
-            "Measured: one compressed copy of the model per grid point (K scaled per layer, or sparsity p"
-            " shifted per layer), evaluated on the test set. Paper CR: dense bits / (K*d*32 + N*H + bias"
-            " bits) over conv + linear layers; file CR: float32 state dict / real compressed file.",
-            "",
-            sweep_table(points, anchors),
-            "",
-            "![accuracy vs compression ratio](sweep.png)",
-            "",
-        ]
-    )
-    path = out / "sweep.md"
-    write_atomic(path, text.encode())
-    return path

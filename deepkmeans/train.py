@@ -1,10 +1,12 @@
-"""Training loops (pre-training and regularized re-training) with atomic, resumable checkpoints."""
+"""Training loops (pre-training, Deep k-Means re-training, center fine-tuning) with atomic, resumable checkpoints."""
 
 from __future__ import annotations
 
 import io
 import math
+import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,12 +22,18 @@ from deepkmeans.errors import DeepKMeansError
 from deepkmeans.fileio import write_atomic
 
 
-class Penalty(Protocol):
-    """What the training loop needs from a regularizer."""
+class Lifecycle(Protocol):
+    """What the training loop needs from :class:`deepkmeans.DeepKMeans`."""
+
+    active: bool
 
     def penalty(self) -> torch.Tensor: ...
 
     def step(self) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -39,6 +47,22 @@ class EpochLog:
     test_acc: float
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Loop:
+    """Where a training stage runs: its batches, device, whether this process reports, and progress bars
+    (``None``: only when stderr is a terminal; otherwise one line per epoch)."""
+
+    train: Batches
+    test: Batches
+    device: torch.device
+    is_main: bool = True
+    progress: bool | None = None
+
+    def show_progress(self) -> bool:
+        wanted = sys.stderr.isatty() if self.progress is None else self.progress
+        return wanted and self.is_main
 
 
 def pick_device(spec: str = "auto") -> torch.device:
@@ -56,7 +80,7 @@ def pick_device(spec: str = "auto") -> torch.device:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Batches, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy (fraction) on ``batches``."""
+    """Mean cross-entropy and accuracy (fraction) on ``batches``; the model's train/eval mode is restored."""
     was_training = model.training
     model.eval()
     loss_sum, correct, total = 0.0, 0, 0
@@ -80,10 +104,14 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
     path = Path(path)
+    if path.is_dir():
+        raise DeepKMeansError(f"checkpoint {path} is a directory")
     if not path.is_file():
         raise DeepKMeansError(f"checkpoint {path} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on unsafe pickles: the error below says it all
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
         raise DeepKMeansError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
@@ -91,99 +119,161 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+@dataclass
+class _Optimizer:
+    """SGD with momentum and a per-iteration cosine schedule over ``epochs * steps_per_epoch`` steps."""
+
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+
+    @classmethod
+    def build(cls, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> _Optimizer:
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        total = max(cfg.epochs * steps_per_epoch, 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        return cls(opt, sched)
+
+
+def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v]
+
+
+def _resume(
+    checkpoint: Path, stage: str, cfg: TrainConfig, model: nn.Module, optim: _Optimizer, dkm: Lifecycle | None
+) -> tuple[int, list[EpochLog]]:
+    """Restore a stage from its checkpoint; returns (epochs done, their logs). Only ``epochs`` may change."""
+    state = load_checkpoint(checkpoint)
+    wanted = asdict(cfg)
+    if state.get("stage") != stage:
+        raise DeepKMeansError(
+            f"{checkpoint} holds a {state.get('stage')} run, not {stage}; delete it or choose another output path"
+        )
+    changed = _differences(state.get("config", {}), {k: v for k, v in wanted.items() if k != "epochs"})
+    if changed:
+        raise DeepKMeansError(
+            f"{checkpoint} holds a {stage} run with other settings ({', '.join(changed)});"
+            " delete it or choose another output path (only the number of epochs may change)"
+        )
+    done = int(state["epoch"])
+    if cfg.epochs < done:
+        raise DeepKMeansError(f"{checkpoint} already holds {done} epochs of {stage}, more than the {cfg.epochs} asked")
+    model.load_state_dict(state["model"])
+    optim.opt.load_state_dict(state["optimizer"])
+    optim.sched.load_state_dict(state["scheduler"])
+    saved_epochs = state.get("config", {}).get("epochs")
+    if saved_epochs != cfg.epochs and done < cfg.epochs:
+        print(
+            f"{stage}: extending {checkpoint} from {saved_epochs} to {cfg.epochs} epochs; the cosine schedule now"
+            f" ends at epoch {cfg.epochs}"
+        )
+    if dkm is not None and "deepkmeans" in state:
+        dkm.load_state_dict(state["deepkmeans"])
+    return done, [EpochLog(**h) for h in state.get("history", [])]
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Batches,
+    optim: _Optimizer,
+    dkm: Lifecycle | None,
+    device: torch.device,
+    bar_desc: str,
+    progress: bool,
+) -> tuple[float, float, int]:
+    """One pass over ``batches``: (sum of task losses, sum of penalties, steps)."""
+    task_sum = pen_sum = 0.0
+    n = 0
+    use_penalty = dkm is not None and dkm.active
+    bar = tqdm(batches, desc=bar_desc, leave=False, disable=not progress)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        total = loss
+        if use_penalty:
+            pen = dkm.penalty()
+            total = loss + pen
+            pen_sum += float(pen.detach())
+        optim.opt.zero_grad(set_to_none=True)
+        total.backward()
+        optim.opt.step()
+        optim.sched.step()
+        if dkm is not None:
+            dkm.step()
+        task_sum += float(loss.detach())
+        n += 1
+        if n % 20 == 0:
+            bar.set_postfix(loss=f"{task_sum / n:.4f}")
+    return task_sum, pen_sum, n
+
+
+def _save(
+    checkpoint: Path,
+    stage: str,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optim: _Optimizer,
+    history: list[EpochLog],
+    meta: dict[str, Any] | None,
+    dkm: Lifecycle | None,
+) -> None:
+    state = {
+        "stage": stage,
+        "config": asdict(cfg),
+        "epoch": history[-1].epoch,
+        "model": model.state_dict(),
+        "optimizer": optim.opt.state_dict(),
+        "scheduler": optim.sched.state_dict(),
+        "history": [asdict(h) for h in history],
+        "meta": dict(meta or {}),
+    }
+    if dkm is not None:
+        state["deepkmeans"] = dkm.state_dict()
+    save_checkpoint(checkpoint, state)
+
+
 def fit(
     model: nn.Module,
-    train: Batches,
-    test: Batches,
+    loop: Loop,
     cfg: TrainConfig,
-    device: torch.device,
+    *,
+    stage: str = "train",
     checkpoint: str | Path | None = None,
-    regularizer: Penalty | None = None,
+    dkm: Lifecycle | None = None,
     on_epoch: Callable[[nn.Module, EpochLog], None] | None = None,
     meta: dict[str, Any] | None = None,
-    desc: str = "train",
-    progress: bool = True,
-    is_main: bool = True,
 ) -> list[EpochLog]:
-    """SGD with momentum and a per-iteration cosine schedule; resumes from ``checkpoint`` if present.
-
-    ``model`` may be a DDP wrapper; the checkpoint stores the inner module's state. Only the main
-    rank writes checkpoints and shows progress.
+    """Train ``cfg.epochs`` epochs (with ``dkm``'s penalty if given), checkpointing after each; resumes from
+    ``checkpoint`` if it holds the same stage. ``model`` may be a DDP wrapper; checkpoints hold the inner module.
     """
     inner = model.module if hasattr(model, "module") else model
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    total_steps = max(cfg.epochs * len(train), 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
+    optim = _Optimizer.build(model, cfg, len(loop.train))
     history: list[EpochLog] = []
     start = 0
     if checkpoint is not None and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint)
-        if state.get("stage") != desc or state.get("config") != asdict(cfg):
-            raise DeepKMeansError(
-                f"{checkpoint} holds a {state.get('stage')} run with different settings;"
-                " delete it or choose another output path"
-            )
-        inner.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        start = int(state["epoch"])
-        history = [EpochLog(**h) for h in state.get("history", [])]
-        if regularizer is not None and "regularizer" in state and hasattr(regularizer, "load_state_dict"):
-            regularizer.load_state_dict(state["regularizer"])
-    model.to(device).train()
+        start, history = _resume(Path(checkpoint), stage, cfg, inner, optim, dkm)
+    model.to(loop.device).train()
     for epoch in range(start, cfg.epochs):
-        train.set_epoch(epoch)
+        loop.train.set_epoch(epoch)
         t0 = time.perf_counter()
-        task_sum = pen_sum = 0.0
-        n = 0
-        bar = tqdm(train, desc=f"{desc} {epoch + 1}/{cfg.epochs}", leave=False, disable=not (progress and is_main))
-        for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = nn.functional.cross_entropy(model(x), y)
-            total = loss
-            if regularizer is not None:
-                pen = regularizer.penalty()
-                total = loss + pen
-                pen_sum += float(pen.detach())
-            opt.zero_grad(set_to_none=True)
-            total.backward()
-            opt.step()
-            sched.step()
-            if regularizer is not None:
-                regularizer.step()
-            task_sum += float(loss.detach())
-            n += 1
-            if n % 20 == 0:
-                bar.set_postfix(loss=f"{task_sum / n:.4f}")
+        desc = f"{stage} {epoch + 1}/{cfg.epochs}"
+        task_sum, pen_sum, n = train_epoch(model, loop.train, optim, dkm, loop.device, desc, loop.show_progress())
         seconds = time.perf_counter() - t0
         if not math.isfinite(task_sum):
-            raise DeepKMeansError(f"{desc} diverged in epoch {epoch + 1} (loss is not finite); lower the learning rate")
-        test_loss, test_acc = evaluate(inner, test, device)
+            raise DeepKMeansError(
+                f"{stage} diverged in epoch {epoch + 1} (loss is not finite); lower the learning rate"
+            )
+        test_loss, test_acc = evaluate(inner, loop.test, loop.device)
         log = EpochLog(epoch + 1, task_sum / max(n, 1), pen_sum / max(n, 1), test_loss, test_acc, seconds)
         if on_epoch is not None:
             on_epoch(inner, log)
         history.append(log)
-        if is_main:
+        if loop.is_main:
+            shown = f" penalty {log.penalty:.4g}" if dkm is not None and dkm.active else ""
             tqdm.write(
-                f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {log.task_loss:.4f}"
-                + (f" penalty {log.penalty:.4g}" if regularizer is not None else "")
-                + f" test acc {100 * test_acc:.2f}% ({seconds:.1f}s)"
+                f"{stage} epoch {epoch + 1}/{cfg.epochs}: loss {log.task_loss:.4f}{shown}"
+                f" test acc {100 * test_acc:.2f}% ({seconds:.1f}s)"
             )
-        if checkpoint is not None and is_main:
-            state = {
-                "stage": desc,
-                "config": asdict(cfg),
-                "epoch": epoch + 1,
-                "model": inner.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": [asdict(h) for h in history],
-                "meta": dict(meta or {}),
-            }
-            if regularizer is not None and hasattr(regularizer, "state_dict"):
-                state["regularizer"] = regularizer.state_dict()
-            save_checkpoint(checkpoint, state)
+        if checkpoint is not None and loop.is_main:
+            _save(Path(checkpoint), stage, cfg, inner, optim, history, meta, dkm)
     return history

@@ -29,14 +29,18 @@ def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureF
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dense"]["test_acc"] > 0.5  # synthetic digits are easy
-    assert metrics["compressed"]["paper_cr"] > 1
+    final = metrics["stages"][-1]
+    assert final["paper_cr"] > 1 and final["file"] == "model.dkm"
     assert len(metrics["retrain_log"]) == 1 and "hardness" in metrics["retrain_log"][0]["extra"]
     assert (run / "report.md").read_text().startswith("# deepkmeans run")
 
     # evaluate the written file and checkpoint, compress a checkpoint by hand
     assert main(["evaluate", str(run / "model.dkm"), "--data-dir", str(mnist_dir), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["test_acc"] == pytest.approx(metrics["compressed"]["test_acc"])
+    assert report["test_acc"] == pytest.approx(final["test_acc"])
+    assert report["paper_cr"] == pytest.approx(final["paper_cr"]) and report["file_cr"] == pytest.approx(
+        final["file_cr"]
+    )
     assert main(["evaluate", str(run / "pretrain.ckpt"), "--data-dir", str(mnist_dir)]) == 0
     assert "test accuracy" in capsys.readouterr().out
     out_file = tmp_path / "x.dkm"

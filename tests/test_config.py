@@ -3,7 +3,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deepkmeans.config import RunConfig, default_config, from_dict, load_config, to_dict
+from deepkmeans.config import (
+    CompressConfig,
+    LayerSpec,
+    RegularizerConfig,
+    RetrainConfig,
+    RunConfig,
+    TrainConfig,
+    default_config,
+    from_dict,
+    load_config,
+    to_dict,
+)
 from deepkmeans.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,3 +55,43 @@ def test_roundtrip_through_yaml() -> None:
     cfg = default_config()
     again = from_dict(RunConfig, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
     assert to_dict(again) == to_dict(cfg)
+
+
+@pytest.mark.parametrize(
+    "build,match",
+    [
+        (lambda: LayerSpec(K=0), "K must be an integer >= 1, got 0"),
+        (lambda: LayerSpec(K="8"), "K must be an integer >= 1, got '8'"),
+        (lambda: LayerSpec(K=True), "K must be an integer"),
+        (lambda: LayerSpec(K=4, p=2.0), "p must be a number in \\[0, 1\\), got 2.0"),
+        (lambda: LayerSpec(K=4, d=0), "d must be an integer >= 1"),
+        (lambda: CompressConfig(layers={"conv1": LayerSpec(K=0, p=2.0)}), "K must be"),
+        (lambda: CompressConfig(layers={"conv1": {"K": 4}}), "layers.conv1 must be a LayerSpec or None"),
+        (lambda: RegularizerConfig(lam=-1.0), "lam must be a number >= 0"),
+        (lambda: RegularizerConfig(refresh_every=0), "refresh_every must be an integer >= 1"),
+        (lambda: RegularizerConfig(method="magic"), "method must be one of none, spectral, kmeans"),
+        (lambda: RetrainConfig(lam=-0.5), "lam must be"),
+        (lambda: TrainConfig(batch_size=0), "batch_size must be"),
+    ],
+)
+def test_configs_built_in_python_are_validated(build, match: str) -> None:  # noqa: ANN001
+    with pytest.raises(ConfigError, match=match):
+        build()
+
+
+def test_yaml_errors_name_the_file_and_key_path(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("compress: {layers: {conv1: {K: 4}, fc1: {K: 0}}}")
+    with pytest.raises(ConfigError, match=r"c\.yaml: compress\.layers\.fc1\.K must be an integer >= 1, got 0"):
+        load_config(path)
+    path.write_text("retrain: {refresh_every: 0}")
+    with pytest.raises(ConfigError, match=r"retrain\.refresh_every must be an integer >= 1"):
+        load_config(path)
+
+
+def test_null_layer_spec_leaves_the_layer_dense(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("compress: {layers: {conv1: null, '*': {K: 4}}}")
+    cfg = load_config(path)
+    assert cfg.compress.layers == {"conv1": None, "*": LayerSpec(4)}
+    assert to_dict(from_dict(RunConfig, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))) == to_dict(cfg)

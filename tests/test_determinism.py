@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepkmeans import api
+from deepkmeans import compress, save
 from deepkmeans.cli import main
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.models.lenet import LeNet5Caffe
@@ -53,7 +53,7 @@ def test_cli_train_and_compress_twice_give_identical_files(
 def _compressed_bytes(state: dict[str, torch.Tensor], seed: int, path: Path) -> bytes:
     model = LeNet5Caffe()
     model.load_state_dict(state)
-    api.save(api.compress(model, CompressConfig(layers=LAYERS, seed=seed), MODEL_META), path)
+    save(compress(model, CompressConfig(layers=LAYERS, seed=seed)), path, MODEL_META)
     return path.read_bytes()
 
 

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from deepkmeans.train import load_checkpoint
@@ -66,6 +67,7 @@ def _kill_after_first_checkpoint(cmd: list[str], checkpoint: Path, log: Path) ->
     assert proc.returncode == -signal.SIGKILL, f"training finished before it could be killed:\n{log.read_text()}"
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_bit_exactly(tmp_path: Path) -> None:
     data = make_mnist_dir(tmp_path / "mnist", n_train=N_TRAIN, n_test=200)
     config = tmp_path / "c.yaml"

@@ -9,7 +9,8 @@ from torch import nn
 
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.data import Batches
-from deepkmeans.sweep import PUBLISHED_ANCHORS, anchors_for, scaled_config, sweep, write_sweep
+from deepkmeans.report.sweep import write_sweep
+from deepkmeans.sweep import PUBLISHED_ANCHORS, anchors_for, scaled_config, sweep
 from tests.report.test_plots import assert_png
 
 

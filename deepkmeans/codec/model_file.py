@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,8 @@ class LayerCode:
     d: int
     sparsity_p: float
     centers: torch.Tensor  # (K, d) float32
-    assignments: torch.Tensor  # (N,) int64
+    assignments: torch.Tensor  # (N,) integer
+    coded: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def k(self) -> int:
@@ -40,12 +40,14 @@ class LayerCode:
 
     def weight(self) -> torch.Tensor:
         """The shared weight: each row replaced by its center, in the layer's shape."""
-        return self.centers[self.assignments].reshape(self.shape)
+        return self.centers[self.assignments.long()].reshape(self.shape)
 
-    @cached_property
+    @property
     def stream(self) -> tuple[np.ndarray, np.ndarray]:
-        """The rANS-coded assignments and their counts, encoded once for the file, accounting and energy."""
-        return encode_indexes(self.assignments.cpu().numpy(), self.k)
+        """The rANS-coded assignments and their counts (encoded on first use unless given as ``coded``)."""
+        if self.coded is None:
+            self.coded = encode_indexes(self.assignments.cpu().numpy(), self.k)
+        return self.coded
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -37,6 +38,12 @@ class Batches:
         self.augment = augment
         self.epoch = 0
         self.shard = (0, 1)
+
+    def with_batch_size(self, batch_size: int) -> Batches:
+        """The same examples, shuffle, seed and shard, served in batches of another size."""
+        other = copy.copy(self)
+        other.batch_size = batch_size
+        return other
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

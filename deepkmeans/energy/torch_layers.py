@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from deepkmeans.energy.layer import Layer, Sharing
+from deepkmeans.energy.rs import EnergyResult, estimate
 
 
 def _square(value: int | tuple[int, ...], what: str, name: str) -> int:
@@ -103,3 +104,24 @@ def layers_from_model(
         for h in handles:
             h.remove()
     return layers
+
+
+def estimate_energy(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1) -> EnergyResult:
+    """Row-stationary energy of ``model``, dense vs weight-shared, from its shared layers' real assignments.
+
+    Index bits per row are the real rANS stream sizes, so the estimate prices what the file stores. The model
+    stays on its device and in its mode.
+    """
+    from deepkmeans.errors import DeepKMeansError
+    from deepkmeans.shared import shared_layers
+
+    shared = {}
+    for layer in shared_layers(model).values():
+        words, _ = layer.param.stream()
+        info = (layer.assignments.cpu().numpy(), layer.param.k, words.size * 32 / layer.assignments.numel())
+        shared.update({name: info for name in (layer.name, *layer.tied)})
+    modeled = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    try:
+        return estimate(layers_from_model(model, input_shape, batch, {k: v for k, v in shared.items() if k in modeled}))
+    except ValueError as exc:
+        raise DeepKMeansError(f"energy model: {exc}") from None

@@ -8,27 +8,23 @@ an architecture the tool cannot rebuild) is skipped with a line in the report th
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
-from deepkmeans import api
+from deepkmeans.accounting import Accounting, account
 from deepkmeans.cluster.rows import to_rows
 from deepkmeans.codec.model_file import CompressedModel
-from deepkmeans.compress import Accounting
 from deepkmeans.errors import DeepKMeansError
 from deepkmeans.fileio import write_atomic
+from deepkmeans.files import load_compressed, rebuild
 from deepkmeans.report import plots
 from deepkmeans.report.tables import layer_table, ratio_summary
+from deepkmeans.runs import RunFiles, RunMetrics, StageMetrics
 from deepkmeans.train import load_checkpoint
 
-REPORT = "report.md"
-RUN_FILES = ("metrics.json", "pretrain.ckpt", "retrain.ckpt", "no_retrain.dkm", "model.dkm", "energy.png")
 FILTER_LAYERS = 2  # the first conv layers drawn, as in the paper's filter figure
 
 
@@ -36,13 +32,16 @@ FILTER_LAYERS = 2  # the first conv layers drawn, as in the paper's filter figur
 class Stage:
     """One compressed model of the run: its file, the dense checkpoint it came from, and its metrics."""
 
-    label: str
+    metrics: StageMetrics
     file: Path
     source: Path  # dense checkpoint that was compressed
-    metrics: dict[str, Any]
     cm: CompressedModel | None = None
     accounting: Accounting | None = None
     why_no_accounting: str = ""
+
+    @property
+    def label(self) -> str:
+        return self.metrics.label
 
 
 def _pct(fraction: float) -> str:
@@ -53,80 +52,42 @@ def _image_name(prefix: str, layer: str) -> str:
     return f"{prefix}_{re.sub(r'[^A-Za-z0-9_.-]', '_', layer)}.png"
 
 
-def _read_metrics(run: Path) -> dict[str, Any]:
-    path = run / "metrics.json"
-    if not path.is_file():
-        raise DeepKMeansError(f"{run}: no metrics.json (is this a run folder of `deepkmeans run`?)")
-    try:
-        metrics = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DeepKMeansError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(metrics, dict) or "dense" not in metrics or "compressed_no_retrain" not in metrics:
-        raise DeepKMeansError(f"{path}: not the metrics of a deepkmeans run")
-    return metrics
-
-
 def _state(path: Path) -> dict[str, torch.Tensor] | None:
     """The model tensors of a checkpoint (no architecture needed); ``None`` when the file is absent."""
     return load_checkpoint(path)["model"] if path.is_file() else None
 
 
-def _module(stage: Stage) -> nn.Module | None:
-    """The weight-shared model rebuilt from the stage's file, for the bit accounting; ``None`` if impossible."""
-    try:
-        return api.load(stage.file)
-    except DeepKMeansError as exc:
-        stage.why_no_accounting = f"the architecture could not be rebuilt from {stage.file.name} ({exc})"
-        return None
-
-
-def _stages(run: Path, metrics: dict[str, Any]) -> list[Stage]:
-    method = metrics.get("config", {}).get("retrain", {}).get("method", "?")
-    stages = [
-        Stage(
-            "compressed, no re-training",
-            run / "no_retrain.dkm",
-            run / "pretrain.ckpt",
-            metrics["compressed_no_retrain"],
-        )
-    ]
-    if metrics.get("retrain_log"):
-        stages.append(
-            Stage(
-                f"re-trained ({method}) + compressed",
-                run / "model.dkm",
-                run / "retrain.ckpt",
-                metrics["compressed"],
-            )
-        )
+def _stages(files: RunFiles, metrics: RunMetrics) -> list[Stage]:
+    stages = [Stage(m, files / m.file, files / m.source) for m in metrics.stages]
     for stage in stages:
         if not stage.file.is_file():
             stage.why_no_accounting = f"{stage.file.name} is missing"
             continue
-        stage.cm = api.load_compressed(stage.file)
-        module = _module(stage)
-        if module is not None:
-            stage.accounting = api.account(module, stage.cm, stage.file.stat().st_size)
+        stage.cm = load_compressed(stage.file)
+        try:
+            model = rebuild(stage.cm, None, materialize=False, source=str(stage.file))
+        except DeepKMeansError as exc:
+            stage.why_no_accounting = f"the architecture could not be rebuilt from {stage.file.name} ({exc})"
+            continue
+        stage.accounting = account(model, stage.file.stat().st_size)
     return stages
 
 
-def _header(run: Path, metrics: dict[str, Any]) -> list[str]:
-    cfg = metrics.get("config", {})
+def _header(files: RunFiles, metrics: RunMetrics) -> list[str]:
+    cfg = metrics.config
     lines = [f"# deepkmeans run: {cfg.get('model', '?')} on {cfg.get('dataset', '?')}", ""]
-    seconds = metrics.get("seconds")
-    took = f" in {seconds:.0f}s" if isinstance(seconds, int | float) else ""
     lines.append(
-        f"Run folder `{run.name}`, produced by `deepkmeans run`{took} on {metrics.get('device', '?')}."
+        f"Run folder `{files.root.name}`, produced by `deepkmeans run` in {metrics.seconds:.0f}s on {metrics.device}."
         " Every number below is read from the files of this folder; accuracies are measured on the model"
         " decompressed from its file."
     )
-    if metrics.get("quick"):
+    if metrics.quick:
         lines += ["", "**Quick smoke run**: a small training subset and at most one epoch per stage."]
     return [*lines, ""]
 
 
-def _accuracy_section(metrics: dict[str, Any], stages: list[Stage]) -> list[str]:
-    dense_acc = metrics["dense"]["test_acc"]
+def _accuracy_section(metrics: RunMetrics, stages: list[Stage]) -> list[str]:
+    dense_acc = metrics.dense.test_acc
     dense_bytes = next((s.accounting.dense_bytes for s in stages if s.accounting is not None), None)
     lines = [
         "## Accuracy and compression",
@@ -134,39 +95,37 @@ def _accuracy_section(metrics: dict[str, Any], stages: list[Stage]) -> list[str]
         "| model | test accuracy | test error | change vs dense | paper CR | file CR | bytes |",
         "|---|---|---|---|---|---|---|",
         f"| dense (pre-trained) | {_pct(dense_acc)} | {_pct(1 - dense_acc)} | - | 1x | 1x "
-        f"| {dense_bytes if dense_bytes is not None else '-'} (float32 state dict) |",
+        f"| {dense_bytes if dense_bytes is not None else '-'} (dense state dict) |",
     ]
     for stage in stages:
         m = stage.metrics
         lines.append(
-            f"| {stage.label} | {_pct(m['test_acc'])} | {_pct(1 - m['test_acc'])} "
-            f"| {100 * (m['test_acc'] - dense_acc):+.2f} points | {m['paper_cr']:.1f}x | {m['file_cr']:.1f}x "
-            f"| {m['file_bytes']} (`{stage.file.name}`) |"
+            f"| {stage.label} | {_pct(m.test_acc)} | {_pct(1 - m.test_acc)} "
+            f"| {100 * (m.test_acc - dense_acc):+.2f} points | {m.paper_cr:.1f}x | {m.file_cr:.1f}x "
+            f"| {m.file_bytes} (`{stage.file.name}`) |"
         )
     lines += [
         "",
-        "Paper CR: dense bits / (K*d*32 + N*H + bias bits) over conv + linear layers (H: entropy of the"
-        " assignments). File CR: float32 bytes of the whole dense state dict / bytes of the compressed file.",
+        "Paper CR: dense bits / (K*d*32 + N*H + bias bits) over all parameters but normalization layers (H: entropy"
+        " of the assignments). File CR: bytes of the dense state dict / bytes of the compressed file.",
     ]
-    cfg = metrics.get("config", {})
-    if not metrics.get("retrain_log"):
-        epochs = cfg.get("retrain", {}).get("epochs", "?")
+    if not metrics.retrain_log:
+        epochs = metrics.config.get("retrain", {}).get("epochs", "?")
         lines += [
             "",
             f"Re-training did not run (retrain.epochs = {epochs}): the compressed model is the pre-trained"
             " model compressed directly, and there are no per-epoch hardness or before/after-re-training figures.",
         ]
-    last = stages[-1].metrics
-    if "bitwise_equal" in last:
-        lines += [
-            "",
-            "Decompressed weights bit-identical to the in-memory weight-shared model: "
-            + ("yes." if last["bitwise_equal"] else "**no**."),
-        ]
-    if last.get("index_bits_ideal"):
-        gap = 100 * (last["index_bits"] / last["index_bits_ideal"] - 1)
+    last = metrics.final
+    lines += [
+        "",
+        "Decompressed weights bit-identical to the in-memory weight-shared model: "
+        + ("yes." if last.bitwise_equal else "**no**."),
+    ]
+    if last.index_bits_ideal:
+        gap = 100 * (last.index_bits / last.index_bits_ideal - 1)
         lines.append(
-            f"Assignment streams: {last['index_bits']} bits coded (rANS) vs N*H = {last['index_bits_ideal']:.0f}"
+            f"Assignment streams: {last.index_bits} bits coded (rANS) vs N*H = {last.index_bits_ideal:.0f}"
             f" bits ({gap:+.2f}%)."
         )
     return [*lines, ""]
@@ -226,7 +185,7 @@ def _rows_section(run: Path, stages: list[Stage]) -> list[str]:
     lines = ["## Weight rows before and after re-training", ""]
     if len(stages) < 2:
         return [*lines, "Skipped: re-training did not run.", ""]
-    base, final = stages
+    base, final = stages[0], stages[-1]
     before, after = _state(base.source), _state(final.source)
     if before is None or after is None or base.cm is None or final.cm is None:
         missing = [p.name for p, x in ((base.source, before), (final.source, after)) if x is None]
@@ -266,25 +225,18 @@ def _rows_section(run: Path, stages: list[Stage]) -> list[str]:
     return lines
 
 
-def hardness_history(metrics: dict[str, Any]) -> dict[int, dict[str, float]]:
-    """Epoch -> {layer: ||W - Q(W)|| / ||W||} from metrics.json; epoch 0 is the model before re-training."""
-    history: dict[int, dict[str, float]] = {}
-    if metrics.get("hardness_before_retrain"):
-        history[0] = dict(metrics["hardness_before_retrain"])
-    for entry in metrics.get("retrain_log", []):
-        hard = entry.get("extra", {}).get("hardness")
-        if hard:
-            history[int(entry["epoch"])] = dict(hard)
-    return history
+def hardness_history(metrics: RunMetrics) -> dict[int, dict[str, float]]:
+    """Epoch -> {layer: ||W - Q(W)|| / ||W||}; epoch 0 is the model before re-training."""
+    return {int(epoch): dict(layers) for epoch, layers in metrics.hardness.items() if layers}
 
 
-def _hardness_section(run: Path, metrics: dict[str, Any]) -> list[str]:
+def _hardness_section(run: Path, metrics: RunMetrics) -> list[str]:
     history = hardness_history(metrics)
     lines = ["## Hardness ||W - Q(W)|| / ||W|| per re-training epoch", ""]
     if not history:
         return [*lines, "Skipped: metrics.json holds no hardness values.", ""]
     names = list(dict.fromkeys(n for h in history.values() for n in h))
-    logs = {int(e["epoch"]): e for e in metrics.get("retrain_log", [])}
+    logs = {e.epoch: e for e in metrics.retrain_log}
     lines += [
         "Relative quantization error of each layer under the compression step (lower: harder assignments);"
         " epoch 0 is the pre-trained model. Test accuracy is that of the dense model during re-training.",
@@ -294,9 +246,9 @@ def _hardness_section(run: Path, metrics: dict[str, Any]) -> list[str]:
     ]
     for epoch in sorted(history):
         if epoch in logs:
-            acc, penalty = _pct(logs[epoch]["test_acc"]), f"{logs[epoch]['penalty']:.4g}"
+            acc, penalty = _pct(logs[epoch].test_acc), f"{logs[epoch].penalty:.4g}"
         else:
-            acc, penalty = (_pct(metrics["dense"]["test_acc"]), "-") if epoch == 0 else ("-", "-")
+            acc, penalty = (_pct(metrics.dense.test_acc), "-") if epoch == 0 else ("-", "-")
         values = " | ".join(f"{history[epoch][n]:.4f}" if n in history[epoch] else "-" for n in names)
         lines.append(f"| {epoch} | {acc} | {penalty} | {values} |")
     lines.append("")
@@ -308,35 +260,32 @@ def _hardness_section(run: Path, metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _energy_section(run: Path, metrics: dict[str, Any]) -> list[str]:
-    energy = metrics.get("energy")
+def _energy_section(run: Path, metrics: RunMetrics) -> list[str]:
+    energy = metrics.energy
     lines = ["## Energy (row-stationary accelerator model, batch 1)", ""]
-    if not energy:
+    if energy is None:
         return [*lines, "Skipped: metrics.json holds no energy estimate.", ""]
-    totals = energy["totals"]
     lines += [
-        f"Dense {totals['dense']:.4g}, weight-shared {totals['shared']:.4g}: {totals['ratio']:.2f}x less"
-        f" ({energy.get('unit', 'normalized energy')}).",
+        f"Dense {energy.dense:.4g}, weight-shared {energy.shared:.4g}: {energy.ratio:.2f}x less"
+        " (normalized energy, 1 = one 16-bit MAC).",
         "",
         "| layer | MACs | unique MACs | dense | weight-shared | dense / shared |",
         "|---|---|---|---|---|---|",
     ]
-    for layer in energy.get("layers", []):
-        unique = layer.get("unique_macs")
-        shared = layer.get("shared")
+    for layer in energy.layers:
+        unique = "-" if layer.unique_macs is None else format(layer.unique_macs, ".4g")
+        shared = "-" if layer.shared is None else format(layer.shared, ".4g")
         lines.append(
-            f"| {layer['name']} | {layer['macs']:.4g} | {'-' if unique is None else format(unique, '.4g')} "
-            f"| {layer['dense']['total']:.4g} | {'-' if shared is None else format(shared['total'], '.4g')} "
-            f"| {layer['ratio']:.2f}x |"
+            f"| {layer.name} | {layer.macs:.4g} | {unique} | {layer.dense:.4g} | {shared} | {layer.ratio:.2f}x |"
         )
     lines.append("")
-    if (run / "energy.png").is_file():
-        lines += ["![energy breakdown](energy.png)", ""]
+    if (run / RunFiles.ENERGY_PLOT).is_file():
+        lines += [f"![energy breakdown]({RunFiles.ENERGY_PLOT})", ""]
     return lines
 
 
 def _files_section(run: Path) -> list[str]:
-    present = [name for name in RUN_FILES if (run / name).is_file()]
+    present = [name for name in RunFiles.LISTED if (run / name).is_file()]
     lines = ["## Files", "", "| file | bytes |", "|---|---|"]
     lines += [f"| `{name}` | {(run / name).stat().st_size} |" for name in present]
     return [*lines, ""]
@@ -344,11 +293,12 @@ def _files_section(run: Path) -> list[str]:
 
 def write_report(run_dir: str | Path) -> Path:
     """Build ``report.md`` and its figures in ``run_dir`` from the run's files; returns the report's path."""
-    run = Path(run_dir)
-    metrics = _read_metrics(run)
-    stages = _stages(run, metrics)
+    files = RunFiles(Path(run_dir))
+    metrics = RunMetrics.read(files)
+    stages = _stages(files, metrics)
+    run = files.root
     lines = [
-        *_header(run, metrics),
+        *_header(files, metrics),
         *_accuracy_section(metrics, stages),
         *_layers_section(run, stages),
         *_filters_section(run, stages),
@@ -357,6 +307,6 @@ def write_report(run_dir: str | Path) -> Path:
         *_energy_section(run, metrics),
         *_files_section(run),
     ]
-    path = run / REPORT
+    path = files / RunFiles.REPORT
     write_atomic(path, ("\n".join(lines).rstrip() + "\n").encode())
     return path

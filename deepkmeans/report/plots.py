@@ -12,7 +12,6 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,11 +21,9 @@ from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from deepkmeans.compress import Accounting
+from deepkmeans.accounting import Accounting
 from deepkmeans.fileio import write_atomic
-
-if TYPE_CHECKING:
-    from deepkmeans.sweep import Anchor, SweepPoint
+from deepkmeans.sweep import Anchor, SweepPoint
 
 DPI = 110
 BEFORE_COLOR, AFTER_COLOR = "#4c72b0", "#dd8452"

@@ -1,6 +1,6 @@
 """Seeded fuzzing of the compressed-file reader: any input is a one-line FormatError or a runnable model.
 
-Seed files come from ``api.compress`` + ``api.save``. Each case mutates one seed: raw byte edits that
+Seed files come from ``compress`` + ``save``. Each case mutates one seed: raw byte edits that
 the CRC-32 catches, and structured edits of the safetensors payload (tensor table, tensor bytes,
 metadata JSON) after which the header's CRC-32 and length are recomputed, so only validation stops
 them. ``DEEPKMEANS_FUZZ_CASES`` sets the number of cases; case ``i`` is reproducible on its own.
@@ -29,12 +29,13 @@ import numpy as np
 import pytest
 import torch
 
-from deepkmeans import api
+from deepkmeans import compress, load, save
 from deepkmeans.cli import main
 from deepkmeans.codec.container import FORMAT_VERSION, HEADER_SIZE, MAGIC, META_KEY
 from deepkmeans.codec.model_file import MAX_SHARED_ELEMENTS
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
+from deepkmeans.files import load_compressed
 from deepkmeans.models import MODELS
 from deepkmeans.models.lenet import LeNet5Caffe
 
@@ -134,7 +135,7 @@ class Seed:
 
 
 def parse_seed(data: bytes) -> Seed:
-    """Split a file written by ``api.save`` into arrays + metadata (trusted input, no validation)."""
+    """Split a file written by ``save`` into arrays + metadata (trusted input, no validation)."""
     payload = data[HEADER_SIZE:]
     (header_len,) = struct.unpack_from("<Q", payload)
     header = json.loads(payload[8 : 8 + header_len])
@@ -586,8 +587,8 @@ def run_case(path: Path, data: bytes) -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. a complex tensor cast to float32 by load_state_dict
-            model = api.load(path)
-            name = api.load_compressed(path).model["name"]
+            model = load(path)
+            name = load_compressed(path).model["name"]
             with torch.no_grad():
                 out = model.eval()(torch.randn(2, *MODELS[name].input_shape))
     except FormatError as exc:
@@ -604,9 +605,9 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Seed]:
     out = []
     for i, config in enumerate(SEED_CONFIGS):
         torch.manual_seed(i)
-        cm = api.compress(LeNet5Caffe(), config, {"name": "lenet5_caffe", "dataset": "mnist"})
+        shared = compress(LeNet5Caffe(), config)
         path = tmp_path_factory.mktemp("seeds") / f"seed{i}.dkm"
-        api.save(cm, path)
+        save(shared, path, {"name": "lenet5_caffe", "dataset": "mnist"})
         out.append(parse_seed(path.read_bytes()))
     return out
 
@@ -676,7 +677,7 @@ def test_unknown_model_name_is_format_error(seeds: list[Seed], tmp_path: Path) -
     path = tmp_path / "m.dkm"
     path.write_bytes(build(seeds[0].arrays, meta))
     with pytest.raises(FormatError):
-        api.load(path)
+        load(path)
 
 
 def test_cli_evaluate_corrupt_files(

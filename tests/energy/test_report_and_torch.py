@@ -68,3 +68,15 @@ def test_reports(tmp_path) -> None:
     assert (tmp_path / "energy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads((tmp_path / "energy.json").read_text())["totals"]["ratio"] == pytest.approx(result.ratio)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["energy.json", "energy.png"]
+
+
+def test_estimate_energy_of_a_compressed_model_leaves_it_as_it_was() -> None:
+    from deepkmeans import CompressConfig, LayerSpec, compress, estimate_energy
+
+    model = compress(_model(), CompressConfig(layers={"0": LayerSpec(4), "4": LayerSpec(3, d=5)}))
+    model.train()
+    result = estimate_energy(model, (3, 10, 10))
+    assert model.training and next(model.parameters()).device.type == "cpu"
+    assert [le.layer.name for le in result.layers] == ["0", "2", "4"]
+    assert result.layers[0].layer.sharing.K == 4 and result.layers[2].layer.sharing.d == 5
+    assert result.layers[1].shared is None and result.ratio > 1

@@ -8,11 +8,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from deepkmeans import distributed
-from deepkmeans.config import LayerSpec, TrainConfig
+from deepkmeans import CompressConfig, DeepKMeans, LayerSpec, RegularizerConfig, distributed
+from deepkmeans.config import TrainConfig
 from deepkmeans.data import Batches
-from deepkmeans.regularize.regularizer import KMeansRegularizer
-from deepkmeans.train import fit
+from deepkmeans.train import Loop, fit
 
 
 class SmallNet(nn.Module):
@@ -36,21 +35,11 @@ def main(out: Path) -> None:
     train, test = Batches(x, y, 8, True, seed=1), Batches(x[:16], y[:16], 16, False)
     train.set_shard(rank.rank, rank.world_size)
     # Different k-means seeds per rank: only the rank-0 broadcast can make the assignments agree.
-    reg = KMeansRegularizer(
-        model, {"conv": LayerSpec(4, 0.5), "fc": LayerSpec(3, d=2)}, "kmeans", 0.5, 4, seed=rank.rank
-    )
-    fit(
-        ddp,
-        train,
-        test,
-        TrainConfig(epochs=2, batch_size=8, lr=0.05),
-        device,
-        None,
-        reg,
-        progress=False,
-        is_main=rank.is_main,
-    )
-    state = {"weights": model.state_dict(), "assignments": reg.state, "steps": reg.steps, "batches": len(train)}
+    config = CompressConfig(layers={"conv": LayerSpec(4, 0.5), "fc": LayerSpec(3, d=2)}, seed=rank.rank)
+    dkm = DeepKMeans(model, config, RegularizerConfig("kmeans", lam=0.5, refresh_every=4))
+    loop = Loop(train, test, device, is_main=rank.is_main, progress=False)
+    fit(ddp, loop, TrainConfig(epochs=2, batch_size=8, lr=0.05), dkm=dkm)
+    state = {"weights": model.state_dict(), "assignments": dkm.assignments, "steps": dkm.steps, "batches": len(train)}
     torch.save(state, out / f"rank{rank.rank}.pt")
     distributed.teardown()
 

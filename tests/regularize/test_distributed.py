@@ -4,11 +4,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
+@pytest.mark.slow
 def test_two_rank_gloo_retraining_keeps_ranks_identical(tmp_path: Path) -> None:
     cmd = [
         sys.executable,

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from deepkmeans import api
 from deepkmeans.cli import main
+from deepkmeans.codec import model_file
 from deepkmeans.errors import DeepKMeansError
 from deepkmeans.report.markdown import hardness_history, write_report
+from deepkmeans.runs import RunFiles, RunMetrics
 from tests.conftest import make_mnist_dir
 from tests.report.test_plots import assert_png
 from tests.test_cli import _config
@@ -41,14 +42,15 @@ def test_report_with_retraining(run_dir: Path, tmp_path: Path) -> None:
     path = write_report(run)
     assert path == run / "report.md"
     text = path.read_text()
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = RunMetrics.read(RunFiles(run))
 
-    accuracies = [metrics["dense"]["test_acc"], metrics["compressed_no_retrain"]["test_acc"]]
-    accuracies += [metrics["compressed"]["test_acc"]] + [e["test_acc"] for e in metrics["retrain_log"]]
+    accuracies = [metrics.dense.test_acc] + [s.test_acc for s in metrics.stages]
+    accuracies += [e.test_acc for e in metrics.retrain_log]
     for acc in accuracies:
         assert f"{100 * acc:.2f}%" in text
-    for stage in ("compressed_no_retrain", "compressed"):
-        assert f"{metrics[stage]['paper_cr']:.1f}x" in text and f"{metrics[stage]['file_cr']:.1f}x" in text
+    assert len(metrics.stages) == 2
+    for stage in metrics.stages:
+        assert f"{stage.paper_cr:.1f}x" in text and f"{stage.file_cr:.1f}x" in text
     for epoch, layers in hardness_history(metrics).items():
         assert f"| {epoch} |" in text and all(f"{h:.4f}" in text for h in layers.values())
     assert "| fc1 |" in text and "re-trained (kmeans) + compressed" in text
@@ -70,12 +72,13 @@ def test_report_without_retraining(run_dir: Path, tmp_path: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     metrics["config"]["retrain"]["epochs"] = 0
     metrics["retrain_log"] = []
-    metrics["compressed"] = metrics["compressed_no_retrain"]
+    metrics["stages"] = metrics["stages"][:1]
+    metrics["hardness"] = {"0": metrics["hardness"]["0"]}
     metrics["energy"] = None
     (run / "metrics.json").write_text(json.dumps(metrics))
 
     text = write_report(run).read_text()
-    assert f"{100 * metrics['compressed_no_retrain']['test_acc']:.2f}%" in text
+    assert f"{100 * metrics['stages'][0]['test_acc']:.2f}%" in text
     assert "Re-training did not run (retrain.epochs = 0)" in text and "re-trained (" not in text
     assert "Skipped: re-training did not run." in text
     assert "Skipped: metrics.json holds no energy estimate." in text
@@ -87,9 +90,9 @@ def test_report_without_retraining(run_dir: Path, tmp_path: Path) -> None:
 def test_report_for_an_architecture_it_cannot_rebuild(run_dir: Path, tmp_path: Path) -> None:
     run = _copy(run_dir, tmp_path)
     for name in ("no_retrain.dkm", "model.dkm"):
-        cm = api.load_compressed(run / name)
+        cm = model_file.load(run / name)
         cm.model = {"name": "my_net", "dataset": "mnist"}
-        api.save(cm, run / name)
+        model_file.save(cm, run / name)
 
     text = write_report(run).read_text()
     assert "Per-layer table and memory chart skipped: the architecture could not be rebuilt" in text
@@ -104,4 +107,7 @@ def test_report_needs_metrics(tmp_path: Path) -> None:
         write_report(tmp_path)
     (tmp_path / "metrics.json").write_text("{not json")
     with pytest.raises(DeepKMeansError, match="not valid JSON"):
+        write_report(tmp_path)
+    (tmp_path / "metrics.json").write_text('{"dense": {"test_acc": 0.5}}')
+    with pytest.raises(DeepKMeansError, match="not the metrics of a deepkmeans run"):
         write_report(tmp_path)

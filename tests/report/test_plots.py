@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepkmeans import api
+from deepkmeans import account, compress
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.report import plots
 from deepkmeans.sweep import PUBLISHED_ANCHORS, SweepPoint
@@ -24,8 +24,8 @@ def assert_png(path: Path, min_bytes: int = 5000) -> None:
 
 def test_memory_share(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.Flatten(), nn.Linear(8 * 6 * 6, 10))
-    cm = api.compress(model, CompressConfig(layers={"0": LayerSpec(K=4), "2": LayerSpec(K=8, p=0.5)}))
-    accounting = api.account(model, cm)
+    shared = compress(model, CompressConfig(layers={"0": LayerSpec(K=4), "2": LayerSpec(K=8, p=0.5)}))
+    accounting = account(shared)
     assert_png(plots.plot_memory_share(accounting, accounting, tmp_path / "memory.png"))
 
 

@@ -1,0 +1,149 @@
+"""Models to files and back: the compressed ``.dkm`` file (``save`` / ``load``) and training checkpoints.
+
+``save`` writes a model whose layers were shared (:func:`deepkmeans.compress` or ``DeepKMeans.finalize``):
+centers, rANS-coded assignments and every other tensor. ``load`` rebuilds a runnable model, dense
+(``materialize=True``) or compact, with each shared layer holding only its centers and narrow indexes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepkmeans.codec import model_file
+from deepkmeans.codec.container import MAGIC
+from deepkmeans.codec.model_file import CompressedModel, LayerCode
+from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
+from deepkmeans.models import build_model
+from deepkmeans.shared import share_, shared_layers, shared_state_keys
+from deepkmeans.train import load_checkpoint
+
+
+def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> CompressedModel:
+    """The data form of a model with shared layers: codes, every other tensor, and ``meta`` (e.g. its name)."""
+    codes = {}
+    for name, layer in shared_layers(model).items():
+        param = layer.param
+        codes[name] = LayerCode(
+            param.shape,
+            param.d,
+            param.sparsity_p,
+            layer.centers.detach().cpu().to(torch.float32),
+            param.assignments.cpu(),
+            coded=param.stream(),
+        )
+    skip = shared_state_keys(model)
+    dense = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in skip}
+    return CompressedModel(codes, dense, dict(meta or {}))
+
+
+def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> int:
+    """Write ``model`` (shared layers as centers + coded indexes) to a compressed file atomically; returns its
+    size in bytes. ``meta`` is stored with it; ``{"name": ...}`` names a built-in architecture for ``load``."""
+    return model_file.save(to_compressed(model, meta), path)
+
+
+def load_compressed(path: str | Path) -> CompressedModel:
+    """Read a compressed file into its data form (centers, assignments, other tensors)."""
+    return model_file.load(path)
+
+
+def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:
+    """Compare declared shapes with the model before expanding anything (a hostile file stays cheap)."""
+    if shared_layers(model):
+        raise DeepKMeansError(f"{source}: pass a plain (not compressed) instance of the architecture as model=")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    declared = {f"{n}.weight": tuple(code.shape) for n, code in cm.layers.items()}
+    declared.update({k: tuple(v.shape) for k, v in cm.dense.items()})
+    if declared.keys() != expected.keys():
+        missing = sorted(expected.keys() - declared.keys())[:3]
+        extra = sorted(declared.keys() - expected.keys())[:3]
+        raise FormatError(f"{source}: tensors do not fit the model (missing {missing}, unexpected {extra})")
+    for key, shape in declared.items():
+        if shape != expected[key]:
+            raise FormatError(f"{source}: tensors do not fit the model ({key} is {shape}, model has {expected[key]})")
+
+
+def _architecture(cm: CompressedModel, source: str) -> nn.Module:
+    name = cm.model.get("name")
+    if not isinstance(name, str):
+        raise FormatError(f"{source}: file names no built-in architecture; pass model= to load it")
+    try:
+        return build_model(name)
+    except ConfigError as exc:
+        raise FormatError(f"{source}: {exc}") from None
+
+
+def rebuild(
+    cm: CompressedModel, model: nn.Module | None = None, materialize: bool = True, source: str = ""
+) -> nn.Module:
+    """A runnable model from the data form: dense weights, or (``materialize=False``) compact shared layers."""
+    source = source or "compressed model"
+    model = _architecture(cm, source) if model is None else model
+    _check_shapes(cm, model, source)
+    state = cm.state_dict() if materialize else dict(cm.dense)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) != (set() if materialize else {f"{n}.weight" for n in cm.layers}):
+        raise FormatError(
+            f"{source}: tensors do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    if not materialize:
+        modules = dict(model.named_modules())
+        for name, code in cm.layers.items():
+            share_(modules[name], code.centers, code.assignments, code.sparsity_p)
+    return model
+
+
+def load(path: str | Path, model: nn.Module | None = None, materialize: bool = True) -> nn.Module:
+    """Rebuild a runnable model from a compressed file; ``model`` (a fresh instance) supplies the architecture
+    when the file does not name a built-in one. ``materialize=False`` keeps shared layers compact."""
+    return rebuild(load_compressed(path), model, materialize, str(path))
+
+
+def is_compressed_file(path: str | Path) -> bool:
+    """True when ``path`` starts with the compressed-file magic bytes."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+@dataclass
+class LoadedModel:
+    """A model read from a compressed file or a checkpoint, with the architecture and dataset it names."""
+
+    model: nn.Module
+    name: str | None
+    dataset: str | None
+    compressed: bool
+    file_bytes: int
+
+
+def load_model_file(path: str | Path, materialize: bool = False) -> LoadedModel:
+    """Load a compressed file (shared layers compact unless ``materialize``) or a training checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise DeepKMeansError(f"{path}: no such file")
+    if path.is_dir():
+        raise DeepKMeansError(f"{path}: is a directory, not a model file")
+    size = path.stat().st_size
+    if is_compressed_file(path):
+        cm = load_compressed(path)
+        model = rebuild(cm, None, materialize, str(path))
+        return LoadedModel(model, cm.model.get("name"), cm.model.get("dataset"), True, size)
+    state = load_checkpoint(path)
+    meta = dict(state.get("meta", {}))
+    name = meta.get("model")
+    if not isinstance(name, str):
+        raise DeepKMeansError(f"{path}: checkpoint does not name its model architecture")
+    model = build_model(name)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise FormatError(f"{path}: tensors do not fit the model {name} ({str(exc).splitlines()[0][:200]})") from None
+    return LoadedModel(model, name, meta.get("dataset"), False, size)

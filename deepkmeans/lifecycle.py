@@ -1,0 +1,181 @@
+"""The one object that takes a model through Deep k-Means: plan, re-train with the penalty, report, finalize.
+
+    dkm = DeepKMeans(model, CompressConfig(...), RegularizerConfig(method="kmeans", lam=1.0))
+    for x, y in batches:                        # the user's own training loop
+        loss = criterion(model(x), y) + dkm.penalty()
+        opt.zero_grad(); loss.backward(); opt.step(); dkm.step()
+    print(format_report(dkm.report()))
+    compressed = dkm.finalize()                 # a weight-shared copy (inplace=True: the model itself)
+
+One layer plan and one seed serve the penalty's clustering, the report and the final compression, so
+re-training pulls each layer's rows towards exactly the clustering the file will store.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepkmeans.accounting import LayerAccount, shared_account
+from deepkmeans.cluster.quantize import RowClustering, cluster_rows, hardness
+from deepkmeans.cluster.rows import from_rows, to_rows
+from deepkmeans.config import CompressConfig, RegularizerConfig
+from deepkmeans.errors import DeepKMeansError
+from deepkmeans.plan import LayerPlan, build_plan
+from deepkmeans.regularize.regularizer import PenaltyState
+from deepkmeans.shared import share_
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """Where one shared layer stands now: its accounting if compressed now, and its hardness
+    ``||W - Q(W)|| / ||W||`` (Q: the compression step; lower means harder assignments)."""
+
+    account: LayerAccount
+    hardness: float
+
+    @property
+    def name(self) -> str:
+        return self.account.name
+
+
+class DeepKMeans:
+    """Deep k-Means on one model: ``penalty()`` / ``step()`` while re-training, ``report()``, ``finalize()``.
+
+    ``regularizer=None`` (or method 'none') makes ``penalty()`` a zero tensor: compression alone.
+    The layer plan is resolved once, here; layers the config asks for but that cannot be shared are
+    left dense with a warning saying why.
+    """
+
+    def __init__(self, model: nn.Module, config: CompressConfig, regularizer: RegularizerConfig | None = None) -> None:
+        self.model = model
+        self.config = config
+        self.regularizer = regularizer or RegularizerConfig(method="none")
+        self.plan: LayerPlan = build_plan(model, config)
+        for note in self.plan.notes:
+            warnings.warn(note, stacklevel=2)
+        self._modules = dict(model.named_modules())
+        shared = self.plan.shared
+        self._penalty: PenaltyState | None = None
+        if self.regularizer.method != "none" and shared:
+            self._penalty = PenaltyState(
+                {name: self._modules[name].weight for name in shared},
+                {name: pl.spec for name, pl in shared.items()},
+                {name: pl.seed for name, pl in shared.items()},
+                self.regularizer,
+            )
+        self._clusterings: dict[str, tuple[tuple[int, int], RowClustering]] = {}
+        self._finalized = False
+
+    def _check_open(self) -> None:
+        if self._finalized:
+            raise DeepKMeansError("this DeepKMeans was finalized in place; create a new one to continue")
+
+    def penalty(self) -> torch.Tensor:
+        """(lam/2) * sum_l R(W_l, F_l) over the shared layers; add it to the loss before ``backward()``."""
+        self._check_open()
+        value = self._penalty.penalty() if self._penalty is not None else None
+        if value is not None:
+            return value
+        param = next(self.model.parameters(), None)
+        return torch.zeros((), device=param.device if param is not None else None)
+
+    def step(self) -> None:
+        """Call after each optimizer step: counts steps and refreshes F every ``refresh_every`` of them."""
+        self._check_open()
+        if self._penalty is not None:
+            self._penalty.step()
+
+    @property
+    def active(self) -> bool:
+        """True when ``penalty()`` can be non-zero (a method other than 'none' and at least one layer)."""
+        return self._penalty is not None
+
+    @property
+    def steps(self) -> int:
+        return self._penalty.steps if self._penalty is not None else 0
+
+    @property
+    def assignments(self) -> dict[str, torch.Tensor]:
+        """The penalty's current F per layer (k-means assignments, or the spectral basis)."""
+        return dict(self._penalty.state) if self._penalty is not None else {}
+
+    def layer_penalties(self) -> dict[str, torch.Tensor]:
+        """R(W_l, F_l) per active layer (without lam/2)."""
+        return self._penalty.layer_penalties() if self._penalty is not None else {}
+
+    def clustering(self, name: str) -> RowClustering:
+        """The compression step's clustering of one shared layer's current weight (cached per weight version)."""
+        weight = self._modules[name].weight
+        spec = self.plan.shared[name].spec
+        key = (weight.data_ptr(), weight._version)
+        cached = self._clusterings.get(name)
+        if cached is None or cached[0] != key:
+            rows = to_rows(weight.detach().to(torch.float32), spec.d)
+            cached = (key, cluster_rows(rows, spec.k, spec.sparsity_p, seed=self.plan.shared[name].seed))
+            self._clusterings[name] = cached
+        return cached[1]
+
+    def report(self) -> list[LayerReport]:
+        """Per shared layer: N, d, K, p, entropy H, paper bits before/after, and hardness, if compressed now."""
+        self._check_open()
+        out = []
+        for name, pl in self.plan.shared.items():
+            module = self._modules[name]
+            weight = module.weight.detach()
+            clustering = self.clustering(name)
+            quantized = from_rows(clustering.reconstruct(), pl.shape).to(weight)
+            other = sum(
+                p.numel() * p.element_size() * 8 for p in module.parameters(recurse=False) if p is not module.weight
+            )
+            note = f"tied with {', '.join(pl.tied)}" if pl.tied else ""
+            account = shared_account(
+                name,
+                pl.module_type,
+                pl.shape,
+                clustering.centers.to(weight.dtype),
+                clustering.assignments,
+                pl.spec.sparsity_p,
+                other,
+                note=note,
+            )
+            out.append(LayerReport(account, hardness(weight, quantized)))
+        return out
+
+    def finalize(self, inplace: bool = False) -> nn.Module:
+        """The compressed model: each shared layer holds its K centers and one index per row (see
+        :mod:`deepkmeans.shared`). A copy unless ``inplace``; :func:`deepkmeans.materialize` makes it dense."""
+        self._check_open()
+        clusterings = {name: self.clustering(name) for name in self.plan.shared}
+        model = self.model if inplace else copy.deepcopy(self.model)
+        modules = dict(model.named_modules())
+        for name, pl in self.plan.shared.items():
+            c = clusterings[name]
+            share_(modules[name], c.centers, c.assignments, pl.spec.sparsity_p, [modules[t] for t in pl.tied])
+        if inplace:
+            self._finalized = True
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        """What resuming re-training needs: the penalty's step count and F per layer."""
+        return {"penalty": self._penalty.state_dict() if self._penalty is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("penalty")
+        if (saved is None) != (self._penalty is None):
+            raise DeepKMeansError("saved Deep k-Means state does not match this regularizer (method changed?)")
+        if self._penalty is not None:
+            try:
+                self._penalty.load_state_dict(saved)
+            except ValueError as exc:
+                raise DeepKMeansError(f"cannot resume Deep k-Means: {exc}") from None
+
+
+def compress(model: nn.Module, config: CompressConfig, inplace: bool = False) -> nn.Module:
+    """Share the configured layers' weights: a compressed copy of ``model`` (or ``model`` itself if ``inplace``)."""
+    return DeepKMeans(model, config).finalize(inplace=inplace)

@@ -1,0 +1,83 @@
+"""One way to measure a compressed model: accuracy, paper-accounting and file compression ratios.
+
+Used by the pipeline, the sweep, ``deepkmeans evaluate`` and the benchmarks alike. With ``save_to`` the
+model is written to a real file and the accuracy is that of the model read back from it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepkmeans.accounting import Accounting, account
+from deepkmeans.data import Batches
+from deepkmeans.files import load, save
+from deepkmeans.shared import materialize
+from deepkmeans.train import evaluate
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What one compressed (or dense) model measured."""
+
+    test_acc: float
+    test_loss: float
+    accounting: Accounting
+    path: str | None = None  # the file written and read back, if any
+    bitwise_equal: bool | None = None  # the model read back equals the one written, tensor for tensor
+
+    @property
+    def paper_cr(self) -> float:
+        return self.accounting.paper_cr
+
+    @property
+    def file_cr(self) -> float | None:
+        return self.accounting.file_cr
+
+    @property
+    def file_bytes(self) -> int | None:
+        return self.accounting.file_bytes
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def _same_state(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(
+        sa[k].dtype == sb[k].dtype and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
+    )
+
+
+def measure(
+    model: nn.Module,
+    batches: Batches,
+    device: torch.device | None = None,
+    *,
+    save_to: str | Path | None = None,
+    meta: dict[str, Any] | None = None,
+    file_bytes: int | None = None,
+) -> Measurement:
+    """Evaluate ``model`` on ``batches`` and account for its bits; ``model`` is left as it was.
+
+    ``save_to``: write the compressed file there first (with ``meta``), read it back, and evaluate what was
+    read. ``file_bytes``: the size of the file ``model`` came from, when it was not written here.
+    ``device``: where to evaluate (a copy is moved there when the model lives elsewhere).
+    """
+    subject, equal, path = model, None, None
+    if save_to is not None:
+        file_bytes = save(model, save_to, meta)
+        subject = load(save_to, model=materialize(model), materialize=False)
+        equal, path = _same_state(model, subject), str(save_to)
+    device = device or _device_of(model)
+    if _device_of(subject) != device:
+        subject = (copy.deepcopy(subject) if subject is model else subject).to(device)
+    loss, acc = evaluate(subject, batches, device)
+    return Measurement(acc, loss, account(model, file_bytes), path, equal)
