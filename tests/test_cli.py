@@ -1,6 +1,7 @@
 """End-to-end CLI runs on synthetic MNIST; user mistakes must end in one line, not a traceback."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,10 +95,15 @@ def test_user_errors_are_one_line(
 
 
 def test_module_help() -> None:
+    """`python -m deepkmeans --help` lists each command as an entry of its own, and each has its own --help."""
     result = subprocess.run([sys.executable, "-m", "deepkmeans", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for verb in ("run", "train", "retrain", "compress", "evaluate"):
-        assert verb in result.stdout
+    listed = re.findall(r"^ {4}(\w+) {2,}\S", result.stdout, re.MULTILINE)
+    assert listed == ["run", "train", "retrain", "compress", "evaluate", "energy", "sweep", "report"]
+    for verb in listed:
+        with pytest.raises(SystemExit) as exit_info:
+            main([verb, "--help"])
+        assert exit_info.value.code == 0
 
 
 def test_energy_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

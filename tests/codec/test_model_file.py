@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -5,13 +6,16 @@ import torch
 from torch import nn
 
 from deepkmeans import compress, load, materialize, save
+from deepkmeans.codec import model_file
 from deepkmeans.codec.container import HEADER_SIZE, MAGIC
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
 from deepkmeans.files import load_compressed
 from deepkmeans.models.lenet import LeNet5Caffe
+from deepkmeans.shared import share_
 
 META = {"name": "lenet5_caffe", "dataset": "mnist"}
+GOLDEN = Path(__file__).with_name("golden_tiny.dkm")
 
 
 def _compressed(tmp_path: Path, layers: dict[str, LayerSpec]) -> tuple[nn.Module, Path, int]:
@@ -96,3 +100,46 @@ def test_bad_files_give_format_errors(tmp_path: Path) -> None:
             target.write_bytes(content)
         with pytest.raises(FormatError, match=messages.get(name)):
             load(target)
+
+
+class Tiny(nn.Module):
+    """A conv (shared, d = 3), a linear layer (shared, d = 2) with a bias, and a BatchNorm left raw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3, bias=False)
+        self.bn = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.bn(self.conv(x)).mean((2, 3)).repeat(1, 2))
+
+
+def _golden_model() -> nn.Module:
+    """Tiny with fixed values and hand-made codes: the bytes depend on the file format alone."""
+    model = Tiny()
+    with torch.no_grad():
+        for i, t in enumerate(model.state_dict().values()):
+            if t.is_floating_point():
+                t.copy_(torch.arange(t.numel(), dtype=torch.float32).reshape(t.shape) * 0.25 - i)
+    share_(model.conv, torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.25, 3.0]]), torch.tensor([0, 1, 1, 0, 0, 1]), 0.5)
+    share_(model.fc, torch.tensor([[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]), torch.tensor([2, 0, 1, 1]))
+    return model
+
+
+def test_golden_bytes(tmp_path: Path) -> None:
+    """The file format, pinned byte for byte. A deliberate format change bumps FORMAT_VERSION and rewrites the
+    golden file (DEEPKMEANS_WRITE_GOLDEN=1 pytest tests/codec/test_model_file.py) in the same commit."""
+    path = tmp_path / "tiny.dkm"
+    save(_golden_model(), path, {"name": "tiny", "dataset": "none"})
+    if os.environ.get("DEEPKMEANS_WRITE_GOLDEN") == "1":
+        GOLDEN.write_bytes(path.read_bytes())
+    assert path.read_bytes() == GOLDEN.read_bytes()
+    cm = model_file.load(GOLDEN)
+    assert cm.model == {"name": "tiny", "dataset": "none"}
+    assert cm.layers["conv"].assignments.tolist() == [0, 1, 1, 0, 0, 1]
+    assert cm.layers["fc"].centers.tolist() == [[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]
+    expected = materialize(_golden_model()).state_dict()
+    loaded = load(GOLDEN, model=Tiny()).state_dict()
+    assert expected.keys() == loaded.keys()
+    assert all(torch.equal(expected[k], loaded[k]) for k in expected)

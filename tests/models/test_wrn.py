@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from deepkmeans.config import load_config
 from deepkmeans.models.wrn import WideResNet, conv_layer_names, wrn16_4
+from deepkmeans.plan import build_plan
 
 # Conv layers in the reference deploy script's enumeration (stem; per block conv1, conv2, shortcut).
 EXPECTED_CONVS = [
@@ -27,8 +31,7 @@ EXPECTED_CONVS = [
     ("layer3.1.conv1", (256, 256, 3, 3)),
     ("layer3.1.conv2", (256, 256, 3, 3)),
 ]
-# K list of the reference deploy script for CR 45x (as in shared/presets/wrn16_4.yaml).
-PRESET_K_CR45 = [144, 90, 80, 50, 30, 30, 100, 50, 10, 50, 50, 30, 7, 12, 7, 7]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -65,12 +68,18 @@ def test_conv_layer_names_order_and_shapes(model: WideResNet) -> None:
         assert conv.bias is not None and conv.bias.shape == (shape[0],)
 
 
-def test_preset_k_fits_each_layer() -> None:
-    # Rows per layer N = m * n * h; K == N only for the stem (kept lossless), K < N everywhere else.
-    rows = [m * n * h for _, (m, n, h, _w) in EXPECTED_CONVS]
-    assert len(PRESET_K_CR45) == len(rows) == 16
-    assert PRESET_K_CR45[0] == rows[0] == 144
-    assert all(k < n for k, n in zip(PRESET_K_CR45[1:], rows[1:], strict=True))
+@pytest.mark.parametrize("config", ["wrn16_4_cifar10.yaml", "wrn16_4_cifar10_cr47.yaml", "wrn16_4_cifar10_cr50.yaml"])
+def test_preset_k_fits_each_layer(model: WideResNet, config: str) -> None:
+    """Each shipped preset's K against the model's real rows N = m * n * h: K == N only for the stem (left dense
+    on purpose, as in the reference), K < N everywhere else, so every other layer is really shared."""
+    cfg = load_config(REPO / "configs" / config)
+    modules = dict(model.named_modules())
+    rows = {name: modules[name].weight.numel() // modules[name].weight.shape[-1] for name in conv_layer_names(model)}
+    ks = {name: spec.K for name, spec in cfg.compress.layers.items()}
+    assert ks.keys() == rows.keys()
+    assert ks["conv1"] == rows["conv1"] == 144
+    assert all(ks[name] < rows[name] for name in rows if name != "conv1")
+    assert list(build_plan(model, cfg.compress).shared) == [name for name in rows if name != "conv1"]
 
 
 def test_block_layout_follows_reference(model: WideResNet) -> None:
