@@ -11,11 +11,13 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import Colormap
 from matplotlib.figure import Figure
@@ -190,6 +192,111 @@ def _pca_basis(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean, eigvec[:, np.argsort(eigval)[::-1][:2]]
 
 
+@dataclass(frozen=True)
+class _RowPanel:
+    """One side of the row figure: rows, their centers and assignments, and how to draw them."""
+
+    label: str
+    rows: np.ndarray
+    centers: np.ndarray
+    assignments: np.ndarray
+    color: str
+
+    @property
+    def distances(self) -> np.ndarray:
+        return np.linalg.norm(self.rows - self.centers[self.assignments], axis=1)
+
+    @property
+    def relative_error(self) -> float:
+        return float(np.linalg.norm(self.rows - self.centers[self.assignments]) / max(np.linalg.norm(self.rows), 1e-30))
+
+
+def _row_panels(
+    rows_before: torch.Tensor | np.ndarray,
+    rows_after: torch.Tensor | np.ndarray,
+    centers: torch.Tensor | np.ndarray,
+    assignments: torch.Tensor | np.ndarray,
+    centers_before: torch.Tensor | np.ndarray | None,
+    assignments_before: torch.Tensor | np.ndarray | None,
+) -> tuple[_RowPanel, _RowPanel]:
+    """Validated numpy panels for before and after re-training (the before clustering defaults to the after one)."""
+    after, c_after = _numpy(rows_after), _numpy(centers)
+    a_after = np.asarray(assignments, dtype=np.int64)
+    before = _numpy(rows_before)
+    c_before = c_after if centers_before is None else _numpy(centers_before)
+    a_before = a_after if assignments_before is None else np.asarray(assignments_before, dtype=np.int64)
+    if before.ndim != 2 or before.shape != after.shape:
+        raise ValueError(f"rows must be two (N, d) matrices of one shape, got {before.shape} and {after.shape}")
+    panels = (
+        _RowPanel("before re-training", before, c_before, a_before, BEFORE_COLOR),
+        _RowPanel("after re-training", after, c_after, a_after, AFTER_COLOR),
+    )
+    n_rows, d = after.shape
+    for p in panels:
+        fits = p.assignments.shape == (n_rows,) and p.centers.ndim == 2 and p.centers.shape[1] == d
+        if not fits or p.assignments.max() >= len(p.centers):
+            shapes = f"centers {p.centers.shape} and assignments {p.assignments.shape}"
+            raise ValueError(f"{p.label}: {shapes} do not fit rows {p.rows.shape}")
+    return panels
+
+
+def _draw_values(ax: Axes, panel: _RowPanel, bins: np.ndarray) -> None:
+    """d = 1: a histogram of the values with the centers as vertical lines."""
+    ax.hist(panel.rows[:, 0], bins=bins, color=panel.color, alpha=0.85)
+    ax.set_yscale("log")
+    for c in panel.centers[:, 0]:
+        ax.axvline(c, color="black", lw=0.6, alpha=0.7)
+    ax.set_xlabel("row value (d = 1); black lines: centers")
+    ax.set_xlim(bins[0], bins[-1])
+
+
+def _draw_projection(ax: Axes, panel: _RowPanel, xy: np.ndarray, cxy: np.ndarray, shown: np.ndarray) -> None:
+    """d >= 2: rows in a 2-D PCA projection, the largest cluster in gray, the centers as crosses."""
+    cluster = panel.assignments[shown]
+    largest = np.bincount(panel.assignments, minlength=len(panel.centers)).argmax()
+    main = cluster == largest
+    ax.scatter(xy[main, 0], xy[main, 1], s=3, color="#b0b0b0", alpha=0.5, lw=0, label="largest cluster")
+    ax.scatter(xy[~main, 0], xy[~main, 1], s=3, c=cluster[~main] % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.6, lw=0)
+    ax.scatter(cxy[:, 0], cxy[:, 1], s=40, marker="x", color="black", lw=1.2, label=f"{len(panel.centers)} centers")
+    ax.set_xlabel("principal component 1")
+    ax.set_ylabel("principal component 2")
+    legend = ax.legend(fontsize=8, loc="upper right")
+    legend.legend_handles[0].set_sizes([20])  # the 3-point row markers are too small to read
+
+
+def _draw_rows(top: list[Axes], panels: tuple[_RowPanel, _RowPanel], shown: np.ndarray) -> None:
+    """The two top panels: value histograms (d = 1) or one shared PCA projection (d >= 2)."""
+    if panels[0].rows.shape[1] == 1:
+        lo, hi = np.percentile(np.concatenate([p.rows[:, 0] for p in panels]), [0.1, 99.9])
+        for ax, panel in zip(top, panels, strict=True):
+            _draw_values(ax, panel, np.linspace(lo, hi, 80))
+    else:
+        mean, basis = _pca_basis(np.concatenate([p.rows for p in panels]))
+        projected = [(p.rows - mean) @ basis for p in panels]
+        lo, hi = np.percentile(np.concatenate(projected), [0.2, 99.8], axis=0)
+        pad = 0.08 * (hi - lo)
+        for ax, panel, xy in zip(top, panels, projected, strict=True):
+            _draw_projection(ax, panel, xy[shown], (panel.centers - mean) @ basis, shown)
+            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
+            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
+    for ax, panel in zip(top, panels, strict=True):
+        ax.set_title(f"{panel.label}: ||W - Q(W)|| / ||W|| = {panel.relative_error:.4f}", fontsize=10)
+
+
+def _draw_distances(ax: Axes, panels: tuple[_RowPanel, _RowPanel]) -> None:
+    """Histogram of each row's distance to its center, before and after."""
+    distances = [p.distances for p in panels]
+    top_d = max(np.percentile(dist, 99.5) for dist in distances)
+    bins = np.linspace(0, top_d if top_d > 0 else 1.0, 80)
+    for dist, panel in zip(distances, panels, strict=True):
+        label = f"{panel.label}: median {np.median(dist):.3g}, mean {dist.mean():.3g}"
+        ax.hist(np.minimum(dist, bins[-1]), bins=bins, histtype="step", lw=1.6, color=panel.color, label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("distance of a row to its assigned center (last bin: 99.5th percentile and above)")
+    ax.set_ylabel("rows")
+    ax.legend(fontsize=8)
+
+
 def plot_row_distribution(
     rows_before: torch.Tensor | np.ndarray,
     rows_after: torch.Tensor | np.ndarray,
@@ -208,85 +315,15 @@ def plot_row_distribution(
     one 2-D PCA projection (histograms of the values when d = 1) with the centers marked. Bottom: the
     distance of each row to its assigned center; harder assignments shift it towards zero.
     """
-    after, c_after = _numpy(rows_after), _numpy(centers)
-    a_after = np.asarray(assignments, dtype=np.int64)
-    before = _numpy(rows_before)
-    c_before = c_after if centers_before is None else _numpy(centers_before)
-    a_before = a_after if assignments_before is None else np.asarray(assignments_before, dtype=np.int64)
-    if before.ndim != 2 or before.shape != after.shape:
-        raise ValueError(f"rows must be two (N, d) matrices of one shape, got {before.shape} and {after.shape}")
-    n_rows, d = after.shape
-    panels = (
-        ("before re-training", before, c_before, a_before, BEFORE_COLOR),
-        ("after re-training", after, c_after, a_after, AFTER_COLOR),
-    )
-    for label, rows, cen, assign, _ in panels:
-        if assign.shape != (n_rows,) or cen.ndim != 2 or cen.shape[1] != d or assign.max() >= len(cen):
-            raise ValueError(
-                f"{label}: centers {cen.shape} and assignments {assign.shape} do not fit rows {rows.shape}"
-            )
-
+    panels = _row_panels(rows_before, rows_after, centers, assignments, centers_before, assignments_before)
+    n_rows, d = panels[1].rows.shape
     fig = _figure(11.0, 8.2)
     grid = fig.add_gridspec(2, 2, height_ratios=(1.25, 1))
     top = [fig.add_subplot(grid[0, 0])]
     top.append(fig.add_subplot(grid[0, 1], sharex=top[0], sharey=top[0]))
-    hist_ax = fig.add_subplot(grid[1, :])
-
-    rng = np.random.default_rng(seed)
-    shown = rng.choice(n_rows, size=min(n_rows, SCATTER_ROWS), replace=False)
-    if d == 1:
-        values = np.concatenate([before[:, 0], after[:, 0]])
-        lo, hi = np.percentile(values, [0.1, 99.9])
-        bins = np.linspace(lo, hi, 80)
-    else:
-        mean, basis = _pca_basis(np.concatenate([before, after]))
-        projected = [(rows - mean) @ basis for _, rows, *_ in panels]
-        both = np.concatenate(projected)
-        lo, hi = np.percentile(both, [0.2, 99.8], axis=0)
-        pad = 0.08 * (hi - lo)
-    for ax, (label, rows, cen, assign, color), i in zip(top, panels, range(2), strict=True):
-        if d == 1:
-            ax.hist(rows[:, 0], bins=bins, color=color, alpha=0.85)
-            ax.set_yscale("log")
-            for c in cen[:, 0]:
-                ax.axvline(c, color="black", lw=0.6, alpha=0.7)
-            ax.set_xlabel("row value (d = 1); black lines: centers")
-            ax.set_xlim(lo, hi)
-        else:
-            xy, cluster = projected[i][shown], assign[shown]
-            largest = np.bincount(assign, minlength=len(cen)).argmax()
-            main = cluster == largest
-            ax.scatter(xy[main, 0], xy[main, 1], s=3, color="#b0b0b0", alpha=0.5, lw=0, label="largest cluster")
-            ax.scatter(
-                xy[~main, 0], xy[~main, 1], s=3, c=cluster[~main] % 20, cmap="tab20", vmin=0, vmax=19, alpha=0.6, lw=0
-            )
-            cxy = (cen - mean) @ basis
-            ax.scatter(cxy[:, 0], cxy[:, 1], s=40, marker="x", color="black", lw=1.2, label=f"{len(cen)} centers")
-            ax.set_xlim(lo[0] - pad[0], hi[0] + pad[0])
-            ax.set_ylim(lo[1] - pad[1], hi[1] + pad[1])
-            ax.set_xlabel("principal component 1")
-            ax.set_ylabel("principal component 2")
-            legend = ax.legend(fontsize=8, loc="upper right")
-            legend.legend_handles[0].set_sizes([20])  # the 3-point row markers are too small to read
-        err = np.linalg.norm(rows - cen[assign]) / max(np.linalg.norm(rows), 1e-30)
-        ax.set_title(f"{label}: ||W - Q(W)|| / ||W|| = {err:.4f}", fontsize=10)
-
-    distances = [np.linalg.norm(rows - cen[assign], axis=1) for _, rows, cen, assign, _ in panels]
-    top_d = max(np.percentile(dist, 99.5) for dist in distances)
-    dist_bins = np.linspace(0, top_d if top_d > 0 else 1.0, 80)
-    for dist, (label, *_, color) in zip(distances, panels, strict=True):
-        hist_ax.hist(
-            np.minimum(dist, dist_bins[-1]),
-            bins=dist_bins,
-            histtype="step",
-            lw=1.6,
-            color=color,
-            label=f"{label}: median {np.median(dist):.3g}, mean {dist.mean():.3g}",
-        )
-    hist_ax.set_yscale("log")
-    hist_ax.set_xlabel("distance of a row to its assigned center (last bin: 99.5th percentile and above)")
-    hist_ax.set_ylabel("rows")
-    hist_ax.legend(fontsize=8)
+    shown = np.random.default_rng(seed).choice(n_rows, size=min(n_rows, SCATTER_ROWS), replace=False)
+    _draw_rows(top, panels, shown)
+    _draw_distances(fig.add_subplot(grid[1, :]), panels)
     note = ""
     if d > 1:
         note = " (gray: the largest cluster; colours: the others)"
