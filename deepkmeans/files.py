@@ -23,8 +23,13 @@ from deepkmeans.shared import share_, shared_layers, shared_state_keys
 from deepkmeans.train import load_checkpoint
 
 
+def _tensor_key(t: torch.Tensor) -> tuple:
+    return (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
+
+
 def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> CompressedModel:
-    """The data form of a model with shared layers: codes, every other tensor, and ``meta`` (e.g. its name)."""
+    """The data form of a model with shared layers: codes, every other tensor once (ties become aliases),
+    and ``meta`` (e.g. its name)."""
     codes = {}
     for name, layer in shared_layers(model).items():
         param = layer.param
@@ -32,13 +37,24 @@ def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> Compr
             param.shape,
             param.d,
             param.sparsity_p,
-            layer.centers.detach().cpu().to(torch.float32),
+            layer.centers.detach().cpu(),
             param.assignments.cpu(),
+            layer.tied,
             coded=param.stream(),
         )
     skip = shared_state_keys(model)
-    dense = {k: v.detach().cpu() for k, v in model.state_dict().items() if k not in skip}
-    return CompressedModel(codes, dense, dict(meta or {}))
+    dense: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    for key, tensor in model.state_dict().items():
+        if key in skip:
+            continue
+        if tensor.numel() and _tensor_key(tensor) in first:
+            aliases[key] = first[_tensor_key(tensor)]
+            continue
+        first.setdefault(_tensor_key(tensor), key)
+        dense[key] = tensor.detach().cpu()
+    return CompressedModel(codes, dense, dict(meta or {}), aliases)
 
 
 def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> int:
@@ -47,9 +63,9 @@ def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None)
     return model_file.save(to_compressed(model, meta), path)
 
 
-def load_compressed(path: str | Path) -> CompressedModel:
+def load_compressed(path: str | Path, max_weights: int | None = None) -> CompressedModel:
     """Read a compressed file into its data form (centers, assignments, other tensors)."""
-    return model_file.load(path)
+    return model_file.load(path, max_weights)
 
 
 def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:
@@ -57,8 +73,7 @@ def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:
     if shared_layers(model):
         raise DeepKMeansError(f"{source}: pass a plain (not compressed) instance of the architecture as model=")
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    declared = {f"{n}.weight": tuple(code.shape) for n, code in cm.layers.items()}
-    declared.update({k: tuple(v.shape) for k, v in cm.dense.items()})
+    declared = cm.shapes()
     if declared.keys() != expected.keys():
         missing = sorted(expected.keys() - declared.keys())[:3]
         extra = sorted(declared.keys() - expected.keys())[:3]
@@ -85,23 +100,28 @@ def rebuild(
     source = source or "compressed model"
     model = _architecture(cm, source) if model is None else model
     _check_shapes(cm, model, source)
-    state = cm.state_dict() if materialize else dict(cm.dense)
+    state = cm.state_dict() if materialize else cm.state_dict_dense()
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != (set() if materialize else {f"{n}.weight" for n in cm.layers}):
+    shared_keys = {f"{n}.weight" for name, code in cm.layers.items() for n in (name, *code.tied)}
+    if unexpected or set(missing) != (set() if materialize else shared_keys):
         raise FormatError(
             f"{source}: tensors do not fit the model (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     if not materialize:
         modules = dict(model.named_modules())
         for name, code in cm.layers.items():
-            share_(modules[name], code.centers, code.assignments, code.sparsity_p)
+            tied = [modules[t] for t in code.tied]
+            share_(modules[name], code.centers, code.assignments, code.sparsity_p, tied)
     return model
 
 
-def load(path: str | Path, model: nn.Module | None = None, materialize: bool = True) -> nn.Module:
+def load(
+    path: str | Path, model: nn.Module | None = None, materialize: bool = True, max_weights: int | None = None
+) -> nn.Module:
     """Rebuild a runnable model from a compressed file; ``model`` (a fresh instance) supplies the architecture
-    when the file does not name a built-in one. ``materialize=False`` keeps shared layers compact."""
-    return rebuild(load_compressed(path), model, materialize, str(path))
+    when the file does not name a built-in one. ``materialize=False`` keeps shared layers compact.
+    ``max_weights`` raises the bound on what the shared layers may expand to (default: see the file format)."""
+    return rebuild(load_compressed(path, max_weights), model, materialize, str(path))
 
 
 def is_compressed_file(path: str | Path) -> bool:

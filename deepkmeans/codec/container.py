@@ -3,7 +3,7 @@
 Layout (little endian)::
 
     magic   4 bytes  b"DKMC"
-    version u16      FORMAT_VERSION
+    version u16      FORMAT_VERSION (this build reads versions 1 and 2)
     flags   u16      0 (reserved)
     crc32   u32      CRC-32 of the payload
     length  u64      payload length in bytes
@@ -22,43 +22,43 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import safetensors.numpy
+import safetensors.torch
+import torch
 
 from deepkmeans.errors import FormatError
 
 MAGIC = b"DKMC"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _HEADER = struct.Struct("<4sHHIQI")
 HEADER_SIZE = _HEADER.size
 META_KEY = "deepkmeans"
 
 
-def pack(meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> bytes:
-    """Serialize metadata + named arrays into container bytes (deterministic for equal inputs)."""
+def pack(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
+    """Serialize metadata + named tensors into container bytes (deterministic for equal inputs)."""
     doc = json.dumps(meta, sort_keys=True, separators=(",", ":"))
-    payload = safetensors.numpy.save({k: np.require(v, requirements="C") for k, v in tensors.items()}, {META_KEY: doc})
+    payload = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, {META_KEY: doc})
     return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, zlib.crc32(payload), len(payload), 0) + payload
 
 
-def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     """Parse container bytes; every defect becomes a :class:`FormatError` naming ``source``."""
     if len(data) < HEADER_SIZE:
         raise FormatError(f"{source}: file is truncated ({len(data)} bytes; not a deepkmeans file?)")
     magic, version, _flags, crc, length, _reserved = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise FormatError(f"{source}: not a deepkmeans compressed file (bad magic {magic!r})")
-    if version != FORMAT_VERSION:
-        raise FormatError(
-            f"{source}: format version {version} is not supported (this build reads version {FORMAT_VERSION})"
-        )
+    if version not in READABLE_VERSIONS:
+        readable = " and ".join(map(str, READABLE_VERSIONS))
+        raise FormatError(f"{source}: format version {version} is not supported (this build reads versions {readable})")
     payload = data[HEADER_SIZE:]
     if len(payload) != length:
         raise FormatError(f"{source}: file is truncated or padded ({len(payload)} of {length} payload bytes)")
     if zlib.crc32(payload) != crc:
         raise FormatError(f"{source}: checksum mismatch, the file is corrupt")
     try:
-        tensors = safetensors.numpy.load(payload)
+        tensors = safetensors.torch.load(payload)
         header_len = struct.unpack_from("<Q", payload)[0]
         header = json.loads(payload[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"][META_KEY])
@@ -69,8 +69,8 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
     return meta, tensors
 
 
-def read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Read and parse a container file."""
+def read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
+    """Read and parse a container file: (metadata, tensors, file size in bytes)."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -80,4 +80,4 @@ def read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         raise FormatError(f"{path}: is a directory, not a compressed file") from None
     except OSError as exc:
         raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
-    return unpack(data, str(path))
+    return (*unpack(data, str(path)), len(data))

@@ -1,6 +1,6 @@
 """A compressed model as data (shared layers + the rest of the state dict) and its file form.
 
-Knows tensors, not ``torch.nn``: rebuilding a runnable module is the API layer's job.
+Knows tensors, not ``torch.nn``: rebuilding a runnable module is the files layer's job.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ import torch
 
 from deepkmeans.codec.container import pack, read_file, unpack
 from deepkmeans.codec.entropy import decode_indexes, encode_indexes
-from deepkmeans.errors import FormatError
+from deepkmeans.errors import DeepKMeansError, FormatError
 from deepkmeans.fileio import write_atomic
+
+CENTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 @dataclass
@@ -26,8 +28,9 @@ class LayerCode:
     shape: tuple[int, ...]
     d: int
     sparsity_p: float
-    centers: torch.Tensor  # (K, d) float32
+    centers: torch.Tensor  # (K, d), float32 / float16 / bfloat16: the layer's own dtype
     assignments: torch.Tensor  # (N,) integer
+    tied: tuple[str, ...] = ()  # other modules whose weight is this same tensor
     coded: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -37,6 +40,10 @@ class LayerCode:
     @property
     def n_rows(self) -> int:
         return int(self.assignments.numel())
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
 
     def weight(self) -> torch.Tensor:
         """The shared weight: each row replaced by its center, in the layer's shape."""
@@ -52,45 +59,84 @@ class LayerCode:
 
 @dataclass
 class CompressedModel:
-    """Everything needed to rebuild the model: shared layers, all other tensors, architecture."""
+    """Everything needed to rebuild the model: shared layers, all other tensors, ties, architecture.
+
+    ``aliases`` maps a state-dict key to the key of the tensor it is tied to (stored once).
+    """
 
     layers: dict[str, LayerCode]
     dense: dict[str, torch.Tensor]
     model: dict[str, Any] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """A full state dict with shared weights expanded, ready for ``load_state_dict``."""
+        """A full state dict with shared weights expanded (tied keys included), ready for ``load_state_dict``."""
         state = dict(self.dense)
         for name, code in self.layers.items():
-            state[f"{name}.weight"] = code.weight()
+            weight = code.weight()
+            state.update({f"{n}.weight": weight for n in (name, *code.tied)})
+        state.update({alias: state[target] for alias, target in self.aliases.items()})
         return state
+
+    def state_dict_dense(self) -> dict[str, torch.Tensor]:
+        """The tensors that are not shared weights, tied keys included (nothing is expanded)."""
+        state = dict(self.dense)
+        state.update({alias: state[target] for alias, target in self.aliases.items() if target in state})
+        return state
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every state-dict key the file declares and its shape, without expanding anything."""
+        shapes = {k: tuple(v.shape) for k, v in self.dense.items()}
+        for name, code in self.layers.items():
+            shapes.update({f"{n}.weight": code.shape for n in (name, *code.tied)})
+        shapes.update({alias: shapes[target] for alias, target in self.aliases.items()})
+        return shapes
+
+    @property
+    def shared_weights(self) -> int:
+        return sum(code.numel for code in self.layers.values())
+
+
+# Weights the shared layers of a file may expand to: at least 2^28 (1 GiB as float32), and more for larger files.
+# An index stream can cost far less than a bit per weight (K = 1 needs none), so without this bound a few
+# bytes could declare a layer that exhausts memory. The writer refuses what the reader would, so every
+# file this tool writes opens with the default; ``max_weights`` raises the bound for one load.
+MIN_WEIGHT_LIMIT = 2**28
+WEIGHTS_PER_FILE_BYTE = 1024
+_MAX_NDIM = 8  # conv1d/2d/3d and linear weights have 2 to 5 dims
+
+
+def weight_limit(file_bytes: int) -> int:
+    """Default bound on the shared weights a file of ``file_bytes`` bytes may declare."""
+    return max(MIN_WEIGHT_LIMIT, WEIGHTS_PER_FILE_BYTE * file_bytes)
 
 
 def to_bytes(cm: CompressedModel) -> bytes:
-    """Serialize: centers as float32, indexes rANS-coded, every other tensor raw."""
-    tensors: dict[str, np.ndarray] = {}
+    """Serialize: centers in their dtype, indexes rANS-coded, every other tensor raw, ties by name."""
+    tensors: dict[str, torch.Tensor] = {}
     layers_meta: dict[str, Any] = {}
     for name, code in cm.layers.items():
         words, counts = code.stream
-        tensors[f"shared/{name}/centers"] = code.centers.detach().cpu().to(torch.float32).numpy()
+        tensors[f"shared/{name}/centers"] = code.centers.detach().cpu()
         if words.size:
-            tensors[f"shared/{name}/indexes"] = words
-        layers_meta[name] = {
-            "shape": list(code.shape),
-            "d": code.d,
-            "p": code.sparsity_p,
-            "counts": counts.tolist(),
-        }
+            tensors[f"shared/{name}/indexes"] = torch.from_numpy(words)
+        layers_meta[name] = {"shape": list(code.shape), "d": code.d, "p": code.sparsity_p, "counts": counts.tolist()}
+        if code.tied:
+            layers_meta[name]["tied"] = list(code.tied)
     for name, tensor in cm.dense.items():
-        tensors[f"dense/{name}"] = tensor.detach().cpu().contiguous().numpy()
-    meta = {"model": cm.model, "layers": layers_meta}
-    return pack(meta, tensors)
-
-
-# Most weights the shared layers of one file may expand to (1 GiB as float32), checked before anything is
-# allocated: without it a few bytes (K = 1 needs no index stream) could declare a layer that exhausts memory.
-MAX_SHARED_ELEMENTS = 2**28
-_MAX_NDIM = 8  # conv1d/2d/3d and linear weights have 2 to 5 dims
+        tensors[f"dense/{name}"] = tensor.detach().cpu()
+    meta: dict[str, Any] = {"model": cm.model, "layers": layers_meta}
+    if cm.aliases:
+        meta["aliases"] = dict(cm.aliases)
+    data = pack(meta, tensors)
+    limit = weight_limit(len(data))
+    if cm.shared_weights > limit:
+        raise DeepKMeansError(
+            f"the shared layers expand to {cm.shared_weights} weights from a {len(data)}-byte file, over the"
+            f" {limit} a reader accepts by default ({WEIGHTS_PER_FILE_BYTE} per file byte, at least"
+            f" {MIN_WEIGHT_LIMIT}); use more centers or less sparsity on the largest layers"
+        )
+    return data
 
 
 def _int(value: Any, what: str) -> int:
@@ -99,11 +145,11 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
-def _layer_from(name: str, info: Any, tensors: dict[str, np.ndarray], budget: int) -> LayerCode:
-    """Validate one layer entry against its tensors, then decode it; ``budget`` bounds its element count."""
+def _check_entry(info: Any) -> tuple[tuple[int, ...], int, float, list[int], tuple[str, ...]]:
+    """The validated fields of one layer entry: shape, d, p, counts and tied module names."""
     if not isinstance(info, dict) or not {"shape", "d", "p", "counts"} <= info.keys():
         raise ValueError("layer entry needs shape, d, p and counts")
-    shape, counts, p = info["shape"], info["counts"], info["p"]
+    shape, counts, p, tied = info["shape"], info["counts"], info["p"], info.get("tied", [])
     if not isinstance(shape, list) or not 1 <= len(shape) <= _MAX_NDIM:
         raise ValueError(f"shape must be a list of 1 to {_MAX_NDIM} sizes")
     shape = tuple(_int(s, "shape") for s in shape)
@@ -117,41 +163,64 @@ def _layer_from(name: str, info: Any, tensors: dict[str, np.ndarray], budget: in
     counts = [_int(c, "counts") for c in counts]
     if min(shape) < 1 or min(counts) < 0 or d < 1:
         raise ValueError("shape sizes and d must be >= 1, counts >= 0")
+    if not isinstance(tied, list) or not all(isinstance(t, str) and t for t in tied):
+        raise ValueError("tied must be a list of module names")
+    return shape, d, float(p), counts, tuple(tied)
+
+
+def _layer_from(name: str, info: Any, tensors: dict[str, torch.Tensor], budget: int, limit: int) -> LayerCode:
+    """Validate one layer entry against its tensors, then decode it; ``budget`` bounds its element count."""
+    shape, d, p, counts, tied = _check_entry(info)
     numel = math.prod(shape)
     if numel > budget:
-        raise ValueError(f"{numel} weights: shared layers may expand to at most {MAX_SHARED_ELEMENTS} per file")
+        raise ValueError(
+            f"{numel} weights bring the shared layers over the {limit} this file may expand to"
+            " (pass max_weights= to load a file this large)"
+        )
     k = len(counts)
     centers = tensors.get(f"shared/{name}/centers")
-    if centers is None or centers.dtype != np.float32 or centers.shape != (k, d):
-        raise ValueError(f"centers must be a float32 ({k}, {d}) tensor")
+    if centers is None or centers.dtype not in CENTER_DTYPES or tuple(centers.shape) != (k, d):
+        raise ValueError(f"centers must be a float32, float16 or bfloat16 ({k}, {d}) tensor")
     if numel % d or sum(counts) != numel // d:
         raise ValueError("inconsistent shape, row length and counts")
-    words = tensors.get(f"shared/{name}/indexes", np.zeros(0, dtype=np.uint32))
-    assignments = decode_indexes(words, np.asarray(counts, dtype=np.int64))
-    return LayerCode(shape, d, float(p), torch.from_numpy(centers.copy()), torch.from_numpy(assignments))
+    words = tensors.get(f"shared/{name}/indexes", torch.zeros(0, dtype=torch.uint32))
+    if words.dtype != torch.uint32:
+        raise ValueError("index stream must be a 1-D uint32 array")
+    assignments = decode_indexes(words.numpy(), np.asarray(counts, dtype=np.int64))
+    return LayerCode(shape, d, p, centers.clone(), torch.from_numpy(assignments), tied)
 
 
-def from_bytes(data: bytes, source: str = "<bytes>") -> CompressedModel:
+def from_bytes(data: bytes, source: str = "<bytes>", max_weights: int | None = None) -> CompressedModel:
     """Parse and validate; any inconsistency is a :class:`FormatError`."""
     meta, tensors = unpack(data, source)
-    return _decode(meta, tensors, source)
+    return _decode(meta, tensors, source, max_weights or weight_limit(len(data)))
 
 
-def _decode(meta: dict[str, Any], tensors: dict[str, np.ndarray], source: str) -> CompressedModel:
+def _decode(meta: dict[str, Any], tensors: dict[str, torch.Tensor], source: str, limit: int) -> CompressedModel:
     layers_meta = meta.get("layers")
     model = meta.get("model", {})
-    if not isinstance(layers_meta, dict) or not isinstance(model, dict):
+    aliases = meta.get("aliases", {})
+    if not isinstance(layers_meta, dict) or not isinstance(model, dict) or not isinstance(aliases, dict):
         raise FormatError(f"{source}: malformed metadata")
     layers = {}
-    budget = MAX_SHARED_ELEMENTS
+    budget = limit
     for name, info in layers_meta.items():
         try:
-            layers[name] = _layer_from(name, info, tensors, budget)
-            budget -= math.prod(layers[name].shape)
+            layers[name] = _layer_from(name, info, tensors, budget, limit)
+            budget -= layers[name].numel
         except ValueError as exc:
             raise FormatError(f"{source}: layer {name!r}: {exc}") from None
-    dense = {k[len("dense/") :]: torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("dense/")}
-    return CompressedModel(layers, dense, model)
+    dense = {k[len("dense/") :]: v for k, v in tensors.items() if k.startswith("dense/")}
+    keys = [*dense, *(f"{n}.weight" for name, code in layers.items() for n in (name, *code.tied))]
+    if len(set(keys)) != len(keys):
+        raise FormatError(f"{source}: a tensor is declared twice (shared, tied or dense)")
+    cm = CompressedModel(layers, dense, model, {})
+    declared = cm.shapes()
+    for alias, target in aliases.items():
+        if not isinstance(target, str) or target not in declared or alias in declared:
+            raise FormatError(f"{source}: alias {alias!r} -> {target!r} names no tensor of the file or repeats one")
+    cm.aliases = dict(aliases)
+    return cm
 
 
 def save(cm: CompressedModel, path: str | Path) -> int:
@@ -161,7 +230,7 @@ def save(cm: CompressedModel, path: str | Path) -> int:
     return len(data)
 
 
-def load(path: str | Path) -> CompressedModel:
-    """Read a compressed file written by :func:`save`."""
-    meta, tensors = read_file(path)
-    return _decode(meta, tensors, str(path))
+def load(path: str | Path, max_weights: int | None = None) -> CompressedModel:
+    """Read a compressed file written by :func:`save`; ``max_weights`` overrides the default expansion bound."""
+    meta, tensors, size = read_file(path)
+    return _decode(meta, tensors, str(path), max_weights or weight_limit(size))

@@ -32,7 +32,7 @@ import torch
 from deepkmeans import compress, load, save
 from deepkmeans.cli import main
 from deepkmeans.codec.container import FORMAT_VERSION, HEADER_SIZE, MAGIC, META_KEY
-from deepkmeans.codec.model_file import MAX_SHARED_ELEMENTS
+from deepkmeans.codec.model_file import MIN_WEIGHT_LIMIT
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
 from deepkmeans.files import load_compressed
@@ -504,7 +504,7 @@ def layer_semantics(rng: random.Random, seed: Seed) -> tuple[str, bytes]:
     elif kind == "shape permuted":
         info["shape"] = list(reversed(info["shape"]))
     elif kind == "huge shape":  # consistent counts, past the reader's limit: rejected before allocating
-        factor = 2 ** rng.randint((MAX_SHARED_ELEMENTS // math.prod(info["shape"])).bit_length(), 70)
+        factor = 2 ** rng.randint((MIN_WEIGHT_LIMIT // math.prod(info["shape"])).bit_length(), 70)
         info["shape"][0] *= factor
         counts[0] += n_rows * (factor - 1)
     elif kind == "huge k=1":

@@ -16,6 +16,7 @@ from deepkmeans.shared import share_
 
 META = {"name": "lenet5_caffe", "dataset": "mnist"}
 GOLDEN = Path(__file__).with_name("golden_tiny.dkm")
+GOLDEN_V1 = Path(__file__).with_name("golden_tiny_v1.dkm")
 
 
 def _compressed(tmp_path: Path, layers: dict[str, LayerSpec]) -> tuple[nn.Module, Path, int]:
@@ -102,7 +103,7 @@ def test_bad_files_give_format_errors(tmp_path: Path) -> None:
             load(target)
 
 
-class Tiny(nn.Module):
+class TinyV1(nn.Module):
     """A conv (shared, d = 3), a linear layer (shared, d = 2) with a bias, and a BatchNorm left raw."""
 
     def __init__(self) -> None:
@@ -115,15 +116,38 @@ class Tiny(nn.Module):
         return self.fc(self.bn(self.conv(x)).mean((2, 3)).repeat(1, 2))
 
 
-def _golden_model() -> nn.Module:
-    """Tiny with fixed values and hand-made codes: the bytes depend on the file format alone."""
-    model = Tiny()
+class Tiny(TinyV1):
+    """TinyV1 plus what format version 2 adds: a shared weight tied to a second layer, a dense weight tied to
+    a second layer (stored once, as an alias) and a bfloat16 buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(4, 2, bias=False)
+        self.head.weight = self.fc.weight
+        self.proj = nn.Linear(2, 2)
+        self.proj2 = nn.Linear(2, 2, bias=False)
+        self.proj2.weight = self.proj.weight
+        self.register_buffer("scale", torch.tensor([0.5, 3.0], dtype=torch.bfloat16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.bn(self.conv(x)).mean((2, 3)).repeat(1, 2)
+        return self.proj2(self.proj(self.fc(y) + self.head(y))) * self.scale.float()
+
+
+def _fill(model: nn.Module) -> nn.Module:
     with torch.no_grad():
         for i, t in enumerate(model.state_dict().values()):
             if t.is_floating_point():
                 t.copy_(torch.arange(t.numel(), dtype=torch.float32).reshape(t.shape) * 0.25 - i)
+    return model
+
+
+def _golden_model() -> nn.Module:
+    """Tiny with fixed values and hand-made codes: the bytes depend on the file format alone."""
+    model = _fill(Tiny())
     share_(model.conv, torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.25, 3.0]]), torch.tensor([0, 1, 1, 0, 0, 1]), 0.5)
-    share_(model.fc, torch.tensor([[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]), torch.tensor([2, 0, 1, 1]))
+    fc_centers = torch.tensor([[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]])
+    share_(model.fc, fc_centers, torch.tensor([2, 0, 1, 1]), tied=[model.head])
     return model
 
 
@@ -139,7 +163,36 @@ def test_golden_bytes(tmp_path: Path) -> None:
     assert cm.model == {"name": "tiny", "dataset": "none"}
     assert cm.layers["conv"].assignments.tolist() == [0, 1, 1, 0, 0, 1]
     assert cm.layers["fc"].centers.tolist() == [[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]
-    expected = materialize(_golden_model()).state_dict()
-    loaded = load(GOLDEN, model=Tiny()).state_dict()
-    assert expected.keys() == loaded.keys()
-    assert all(torch.equal(expected[k], loaded[k]) for k in expected)
+    assert cm.layers["fc"].tied == ("head",) and cm.aliases == {"proj2.weight": "proj.weight"}
+    assert cm.dense["scale"].dtype == torch.bfloat16
+    expected = materialize(_golden_model())
+    for materialized in (True, False):
+        loaded = load(GOLDEN, model=Tiny(), materialize=materialized)
+        assert loaded.head.weight.data_ptr() == loaded.fc.weight.data_ptr() or not materialized
+        x = torch.randn(2, 1, 5, 5)
+        assert torch.equal(loaded(x), expected(x))
+
+
+def test_version_1_files_still_load() -> None:
+    """A file written by format version 1 (before ties, aliases and bfloat16) reads into the same weights."""
+    model = _fill(TinyV1())
+    share_(model.conv, torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.25, 3.0]]), torch.tensor([0, 1, 1, 0, 0, 1]), 0.5)
+    share_(model.fc, torch.tensor([[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]), torch.tensor([2, 0, 1, 1]))
+    assert GOLDEN_V1.read_bytes()[4:6] == b"\x01\x00"
+    expected = materialize(model).state_dict()
+    loaded = load(GOLDEN_V1, model=TinyV1()).state_dict()
+    assert expected.keys() == loaded.keys() and all(torch.equal(expected[k], loaded[k]) for k in expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_models_roundtrip(tmp_path: Path, dtype: torch.dtype) -> None:
+    torch.manual_seed(0)
+    model = LeNet5Caffe().to(dtype)
+    shared = compress(model, CompressConfig(layers={"conv*": LayerSpec(8), "fc1": LayerSpec(16, 0.5, d=5)}))
+    assert all(p.dtype == dtype for p in shared.parameters())
+    path = tmp_path / "half.dkm"
+    save(shared, path, META)
+    loaded = load(path, model=LeNet5Caffe().to(dtype))
+    expected = materialize(shared).state_dict()
+    assert all(torch.equal(expected[k], v) and v.dtype == expected[k].dtype for k, v in loaded.state_dict().items())
+    assert load_compressed(path).layers["fc1"].centers.dtype == dtype
