@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from deepkmeans.cluster import kmeans1d
+from deepkmeans.cluster.kmeans import kmeans
 
 
 def test_distinct_rebuilds_the_input() -> None:
@@ -48,3 +50,17 @@ def test_dense_and_monotone_programs_agree(seed: int) -> None:
         dense = kmeans1d._dp_bounds_dense(pw, p1, p2, k)
         monotone = kmeans1d._dp_bounds_monotone(pw, p1, p2, k)
         assert np.array_equal(dense, monotone)
+
+
+def test_many_scalar_centers_skip_the_quadratic_program(monkeypatch: pytest.MonkeyPatch) -> None:
+    """1-D k-means with K above the coarse program's bound starts from density^(1/3) quantiles: its cost no
+    longer grows like K^2, and it still beats an evenly spaced start by far."""
+    gen = torch.Generator().manual_seed(0)
+    rows = torch.randn(20_000, 1, generator=gen) * 0.05
+    k = kmeans1d.COARSE_DP_MAX_K + 44
+    monkeypatch.setattr(kmeans1d, "_dp_bounds", lambda *a: pytest.fail("coarse program used for large K"))
+    result = kmeans(rows, k)
+    assert result.centers.shape == (k, 1) and len(torch.unique(result.assignments)) == k
+    even = torch.linspace(float(rows.min()), float(rows.max()), k)[:, None]
+    even_inertia = float((rows - even[(rows - even.T).abs().argmin(1)]).square().sum())
+    assert result.inertia < 0.5 * even_inertia
