@@ -1,10 +1,12 @@
 """Per-step cost of Deep k-Means re-training vs plain fine-tuning, measured side by side.
 
-Alternates blocks of T training steps without and with the regularizer (one F refresh per block, as in
-re-training with refresh_every = T) on the same model and batches, so machine noise hits both
-equally; prints the median of the per-round ratios.
+Alternates blocks of T training steps without the regularizer, with the exact k-means penalty added to the
+loss (apply 'loss') and with its gradient added at backward (apply 'gradient'), one F refresh per block as in
+re-training with refresh_every = T, on copies of one model and the same batches, so machine noise hits all
+three alike; prints the median of the per-round ratios.
 
     python benchmarks/overhead.py [--config configs/lenet5_mnist.yaml] [--rounds 7]
+    python benchmarks/overhead.py --config configs/wrn16_4_cifar10_cr47.yaml --batch 16   # random images
 """
 
 from __future__ import annotations
@@ -22,53 +24,72 @@ from torch import nn
 from deepkmeans import DeepKMeans
 from deepkmeans.config import load_config
 from deepkmeans.data import load_data
-from deepkmeans.models import build_model
+from deepkmeans.models import build_model, model_info
 
 ROOT = Path(__file__).resolve().parents[1]
+MODES = ("plain", "loss", "gradient")
 
 
-def _block(model: nn.Module, opt: torch.optim.Optimizer, batches: list, reg: DeepKMeans | None) -> float:
+def _block(model: nn.Module, opt: torch.optim.Optimizer, batches: list, dkm: DeepKMeans | None) -> float:
     start = time.perf_counter()
     for x, y in batches:
         loss = nn.functional.cross_entropy(model(x), y)
-        if reg is not None:
-            loss = loss + reg.penalty()
+        if dkm is not None and dkm.in_loss:
+            loss = loss + dkm.penalty()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if reg is not None:
-            reg.step()
+        if dkm is not None:
+            dkm.step()
     return time.perf_counter() - start
+
+
+def _batches(config: str, batch: int | None, steps: int) -> tuple[str, list]:
+    cfg = load_config(config)
+    if cfg.dataset == "mnist":
+        train, _ = load_data(cfg.dataset, cfg.data_dir, batch or cfg.retrain.batch_size, cfg.seed)
+        return "MNIST batches", [b for _, b in zip(range(steps), train, strict=False)]
+    gen = torch.Generator().manual_seed(0)
+    shape = model_info(cfg.model).input_shape
+    size = batch or cfg.retrain.batch_size
+    data = [
+        (torch.randn(size, *shape, generator=gen), torch.randint(0, 10, (size,), generator=gen)) for _ in range(steps)
+    ]
+    return f"random {shape} images", data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "lenet5_mnist.yaml"))
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--batch", type=int, help="batch size (default: the config's re-training batch)")
+    parser.add_argument("--steps", type=int, help="steps per block (default: the config's refresh_every)")
     args = parser.parse_args()
     cfg = load_config(args.config)
-    rcfg = cfg.retrain
-    train, _ = load_data(cfg.dataset, cfg.data_dir, rcfg.batch_size, cfg.seed)
-    batches = [b for _, b in zip(range(rcfg.refresh_every), train, strict=False)]
+    rcfg = replace(cfg.retrain, method="kmeans")
+    steps = args.steps or rcfg.refresh_every
+    what, batches = _batches(args.config, args.batch, steps)
     torch.manual_seed(cfg.seed)
-    plain = build_model(cfg.model)
-    shared = copy.deepcopy(plain)
-    opts = [torch.optim.SGD(m.parameters(), lr=rcfg.lr, momentum=rcfg.momentum) for m in (plain, shared)]
-    reg = DeepKMeans(shared, cfg.compress, replace(rcfg, method="kmeans").regularizer)
-    _block(plain, opts[0], batches, None)  # warm-up
-    _block(shared, opts[1], batches, reg)
-    ratios = []
+    base = build_model(cfg.model)
+    models = {mode: copy.deepcopy(base) for mode in MODES}
+    dkms = {
+        mode: DeepKMeans(models[mode], cfg.compress, replace(rcfg, apply=mode, refresh_every=steps).regularizer)
+        for mode in MODES[1:]
+    }
+    opts = {mode: torch.optim.SGD(m.parameters(), lr=rcfg.lr, momentum=rcfg.momentum) for mode, m in models.items()}
+    for mode in MODES:  # warm-up
+        _block(models[mode], opts[mode], batches[:2], dkms.get(mode))
+    ratios: dict[str, list[float]] = {mode: [] for mode in MODES[1:]}
     for i in range(args.rounds):
-        t_plain = _block(plain, opts[0], batches, None)
-        t_reg = _block(shared, opts[1], batches, reg)
-        ratios.append(t_reg / t_plain)
-        print(
-            f"round {i + 1}: plain {1000 * t_plain / len(batches):.2f} ms/step, "
-            f"with regularizer {1000 * t_reg / len(batches):.2f} ms/step, ratio {t_reg / t_plain:.3f}"
-        )
+        times = {mode: _block(models[mode], opts[mode], batches, dkms.get(mode)) for mode in MODES}
+        for mode in MODES[1:]:
+            ratios[mode].append(times[mode] / times["plain"])
+        per_step = ", ".join(f"{mode} {1000 * t / len(batches):.2f}" for mode, t in times.items())
+        print(f"round {i + 1}: ms/step {per_step}")
     print(
-        f"{cfg.model}, {len(batches)} steps per block (one F refresh each), {torch.get_num_threads()} threads: "
-        f"median overhead {100 * (statistics.median(ratios) - 1):+.1f}%"
+        f"{cfg.model}, {what}, batch {len(batches[0][1])}, {len(batches)} steps per block (one F refresh each),"
+        f" {torch.get_num_threads()} threads; median overhead vs plain: "
+        + ", ".join(f"apply '{mode}' {100 * (statistics.median(r) - 1):+.1f}%" for mode, r in ratios.items())
     )
 
 

@@ -18,6 +18,7 @@ import yaml
 from deepkmeans.errors import ConfigError
 
 METHODS = ("none", "spectral", "kmeans")
+APPLY = ("loss", "gradient")
 
 
 def _require(ok: bool, path: str, message: str, value: Any) -> None:
@@ -70,14 +71,20 @@ class RegularizerConfig:
     """Deep k-Means penalty: (lam/2) * sum_l R(W_l, F_l), F refreshed every ``refresh_every`` steps (T).
 
     ``method``: 'kmeans' (exact indicator form), 'spectral' (the paper's relaxation) or 'none'.
+    ``apply``: 'loss' makes ``penalty()`` a differentiable term to add to the loss (works with any loss and
+    under DDP); 'gradient' adds its gradient ``lam * (W - W F F^T)`` to each weight's ``.grad`` right after
+    ``backward()`` instead: no autograd graph and no saved residual (less memory; one process only), and
+    ``penalty()`` gives its current value, detached.
     """
 
     method: str = "kmeans"
     lam: float = 1e-3
     refresh_every: int = 100
+    apply: str = "loss"
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", self.method)
+        _require(self.apply in APPLY, "apply", f"must be one of {', '.join(APPLY)}", self.apply)
         _require(_is_number(self.lam) and self.lam >= 0, "lam", "must be a number >= 0", self.lam)
         _require(
             _is_int(self.refresh_every) and self.refresh_every >= 1,
@@ -119,14 +126,15 @@ class RetrainConfig(TrainConfig):
     method: str = "kmeans"
     lam: float = 1e-3
     refresh_every: int = 100
+    apply: str = "loss"
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.regularizer  # noqa: B018 - validates method, lam and refresh_every
+        self.regularizer  # noqa: B018 - validates method, lam, refresh_every and apply
 
     @property
     def regularizer(self) -> RegularizerConfig:
-        return RegularizerConfig(self.method, self.lam, self.refresh_every)
+        return RegularizerConfig(self.method, self.lam, self.refresh_every, self.apply)
 
 
 DATASETS = ("mnist", "cifar10")

@@ -13,3 +13,7 @@ class ConfigError(DeepKMeansError, ValueError):
 
 class FormatError(DeepKMeansError, ValueError):
     """A compressed file is missing, truncated, corrupt or of an unknown version."""
+
+
+class PlanWarning(UserWarning):
+    """The config asked for something the model cannot give (a layer left dense, a penalty that is zero)."""

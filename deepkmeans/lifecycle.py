@@ -97,6 +97,12 @@ class DeepKMeans:
         return self._penalty is not None
 
     @property
+    def in_loss(self) -> bool:
+        """True when ``penalty()`` must be added to the loss (apply 'loss'); with apply 'gradient' the gradient
+        reaches the weights by itself at ``backward()``."""
+        return self.regularizer.apply == "loss"
+
+    @property
     def steps(self) -> int:
         return self._penalty.steps if self._penalty is not None else 0
 
@@ -159,6 +165,8 @@ class DeepKMeans:
             share_(modules[name], c.centers, c.assignments, pl.spec.sparsity_p, [modules[t] for t in pl.tied])
         if inplace:
             self._finalized = True
+            if self._penalty is not None:
+                self._penalty.close()
         return model
 
     def state_dict(self) -> dict[str, Any]:

@@ -26,6 +26,7 @@ class Lifecycle(Protocol):
     """What the training loop needs from :class:`deepkmeans.DeepKMeans`."""
 
     active: bool
+    in_loss: bool
 
     def penalty(self) -> torch.Tensor: ...
 
@@ -190,7 +191,7 @@ def train_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = nn.functional.cross_entropy(model(x), y)
         total = loss
-        if use_penalty:
+        if use_penalty and dkm.in_loss:
             pen = dkm.penalty()
             total = loss + pen
             pen_sum += float(pen.detach())
@@ -204,6 +205,8 @@ def train_epoch(
         n += 1
         if n % 20 == 0:
             bar.set_postfix(loss=f"{task_sum / n:.4f}")
+    if use_penalty and not dkm.in_loss:  # its gradient reached the weights at backward: report its final value
+        pen_sum = n * float(dkm.penalty())
     return task_sum, pen_sum, n
 
 

@@ -57,15 +57,26 @@ def cluster_rows(rows: torch.Tensor, k: int, sparsity_p: float = 0.0, *, seed: i
     return RowClustering(torch.cat(centers).to(rows.dtype), assignments)
 
 
-def _split_sparse(rows: torch.Tensor, k: int, sparsity_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Indices of the dominant (sparse) cluster's rows and of the rest, by distance to the mean row."""
+def _split_sparse(
+    rows: torch.Tensor, k: int, sparsity_p: float, sparse_in_order: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the dominant (sparse) cluster's rows and of the rest, by distance to the mean row, ties to the
+    lower row index; both in order of distance. ``sparse_in_order=False`` returns the sparse rows in index order
+    (the same set), selecting them in linear time and sorting only the rest."""
     n_sparse = sparse_count(rows.shape[0], sparsity_p) if k > 1 else 0
     if n_sparse == 0:
         return rows.new_zeros(0, dtype=torch.int64), torch.arange(rows.shape[0], device=rows.device)
     dist = (rows - rows.mean(dim=0, keepdim=True)).pow(2).sum(dim=1)
-    # Stable sort so ties resolve by row index and the result is deterministic.
-    order = torch.sort(dist, stable=True).indices
-    return order[:n_sparse], order[n_sparse:]
+    if sparse_in_order:
+        # Stable sort so ties resolve by row index and the result is deterministic.
+        order = torch.sort(dist, stable=True).indices
+        return order[:n_sparse], order[n_sparse:]
+    threshold = torch.kthvalue(dist.cpu(), n_sparse).values.to(dist.device)
+    sparse = dist < threshold
+    ties = torch.nonzero(dist == threshold).flatten()
+    sparse[ties[: n_sparse - int(sparse.sum())]] = True
+    rest = torch.nonzero(~sparse).flatten()
+    return torch.nonzero(sparse).flatten(), rest[torch.sort(dist[rest], stable=True).indices]
 
 
 def refine_rows(
@@ -77,7 +88,7 @@ def refine_rows(
     clustering reach what a cold k-means++ run would, at a fraction of its cost.
     """
     rows = rows.detach()
-    sparse_idx, rest_idx = _split_sparse(rows, k, sparsity_p)
+    sparse_idx, rest_idx = _split_sparse(rows, k, sparsity_p, sparse_in_order=False)
     offset = 1 if sparse_idx.numel() else 0
     assignments = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
     centers = [rows[sparse_idx].mean(dim=0, keepdim=True)] if offset else []

@@ -15,8 +15,16 @@ import torch.distributed as dist
 from deepkmeans.cluster.quantize import cluster_rows, refine_rows
 from deepkmeans.cluster.rows import to_rows
 from deepkmeans.config import RegularizerConfig
+from deepkmeans.errors import PlanWarning
 from deepkmeans.plan import ResolvedSpec
-from deepkmeans.regularize.penalty import Partition, kmeans_penalty, spectral_basis, spectral_penalty
+from deepkmeans.regularize.penalty import (
+    Partition,
+    add_kmeans_gradient_,
+    kmeans_penalty,
+    spectral_basis,
+    spectral_penalty,
+    spectral_residual,
+)
 
 
 class PenaltyState:
@@ -47,12 +55,20 @@ class PenaltyState:
                 warnings.warn(
                     f"layer {name}: spectral penalty is identically zero for K={spec.k} >= d={spec.d}"
                     " (rank(W) <= d); use method 'kmeans' for harder assignments",
+                    PlanWarning,
                     stacklevel=3,
                 )
         self.state: dict[str, torch.Tensor] = {}
         self.partitions: dict[str, Partition] = {}
         self.steps = 0
         self.refresh()
+        self._hooks = []
+        if config.apply == "gradient":
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                raise ValueError("apply='gradient' runs in one process only; use apply='loss' under DDP")
+            self._hooks = [
+                weights[name].register_post_accumulate_grad_hook(self._gradient_hook(name)) for name in self.state
+            ]
 
     def refresh(self) -> None:
         """Recompute F (spectral basis or k-means assignments) from the current weights."""
@@ -73,9 +89,10 @@ class PenaltyState:
             self._set(name, value)
 
     def _set(self, name: str, value: torch.Tensor) -> None:
-        self.state[name] = value
         if self.config.method == "kmeans":
+            value = value.to(torch.int32)  # assignments: half the memory of int64 on large layers
             self.partitions[name] = Partition.of(value, self.specs[name].k)
+        self.state[name] = value
 
     def layer_penalties(self) -> dict[str, torch.Tensor]:
         """R(W_l, F_l) for each active layer (without the lam/2 factor)."""
@@ -88,12 +105,33 @@ class PenaltyState:
                 out[name] = kmeans_penalty(rows, value, self.specs[name].k, self.partitions[name])
         return out
 
+    def _gradient_hook(self, name: str):  # noqa: ANN202 - a hook closure
+        d, lam = self.specs[name].d, self.config.lam
+
+        def hook(weight: torch.Tensor) -> None:
+            with torch.no_grad():
+                rows, grad_rows = to_rows(weight.detach(), d), to_rows(weight.grad, d)
+                if self.config.method == "spectral":
+                    grad_rows.add_(spectral_residual(rows, self.state[name]), alpha=lam)
+                else:
+                    add_kmeans_gradient_(grad_rows, rows, self.partitions[name], lam)
+
+        return hook
+
     def penalty(self) -> torch.Tensor | None:
-        """(lam / 2) * sum_l R(W_l, F_l), differentiable w.r.t. the weights; ``None`` when no layer is active."""
-        terms = list(self.layer_penalties().values())
+        """(lam / 2) * sum_l R(W_l, F_l) for the current weights: differentiable (apply 'loss'), or detached
+        (apply 'gradient', whose gradient the hooks add at backward); ``None`` when no layer is active."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self._hooks):
+            terms = list(self.layer_penalties().values())
         if not terms:
             return None
         return 0.5 * self.config.lam * torch.stack(terms).sum()
+
+    def close(self) -> None:
+        """Remove the gradient hooks (apply 'gradient')."""
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
 
     def step(self) -> None:
         """Count one optimizer step; refresh F every ``refresh_every`` steps."""

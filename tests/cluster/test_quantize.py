@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from deepkmeans.cluster.quantize import cluster_rows, entropy_bits, hardness, refine_rows, sparse_count
+from deepkmeans.cluster.quantize import _split_sparse, cluster_rows, entropy_bits, hardness, refine_rows, sparse_count
 
 
 def test_entropy_hand_computed() -> None:
@@ -82,3 +82,14 @@ def test_refine_rows_reapplies_sparsity_p() -> None:
     assert int(sparse.sum()) == 50
     assert float(dist[sparse].max()) <= float(dist[~sparse].min())
     assert set(refined.assignments[~sparse].tolist()) <= {1, 2, 3, 4}
+
+
+@pytest.mark.parametrize("p", [0.3, 0.5, 0.92])
+def test_unordered_sparse_split_selects_the_same_rows(p: float) -> None:
+    """The linear-time split (used by re-training's refresh) picks the same sparse set, ties to the lower index,
+    and the rest in the same order as the sorting split."""
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randint(-3, 4, (500, 2), generator=gen).float()  # many exact ties in distance
+    sparse, rest = _split_sparse(rows, 8, p)
+    sparse_set, rest_ordered = _split_sparse(rows, 8, p, sparse_in_order=False)
+    assert torch.equal(torch.sort(sparse).values, sparse_set) and torch.equal(rest, rest_ordered)

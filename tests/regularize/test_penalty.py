@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from deepkmeans.regularize import penalty
 from deepkmeans.regularize.penalty import cluster_means, kmeans_penalty, spectral_basis, spectral_penalty
 
 
@@ -65,3 +66,27 @@ def test_spectral_gradient_finite_differences() -> None:
     rows = torch.randn(20, 4, dtype=torch.float64)
     f = spectral_basis(rows, 2)
     assert torch.autograd.gradcheck(lambda r: spectral_penalty(r, f), (rows.clone().requires_grad_(),))
+
+
+def test_large_layers_recompute_the_residual_in_backward(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above SAVE_RESIDUAL_MAX weights the backward recomputes W - W F F^T instead of keeping it: same gradient."""
+    torch.manual_seed(3)
+    rows = torch.randn(50, 3, dtype=torch.float64, requires_grad=True)
+    a = torch.randint(0, 4, (50,))
+    kmeans_penalty(rows, a, 4).backward()
+    saved = rows.grad.clone()
+    rows.grad = None
+    monkeypatch.setattr(penalty, "SAVE_RESIDUAL_MAX", 10)
+    kmeans_penalty(rows, a, 4).backward()
+    torch.testing.assert_close(rows.grad, saved, rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda r: kmeans_penalty(r, a, 4), (rows.detach().clone().requires_grad_(),))
+
+
+def test_gradient_added_in_place_is_lam_times_residual() -> None:
+    torch.manual_seed(4)
+    rows = torch.randn(5000, 3)
+    a = torch.randint(0, 6, (5000,))
+    grad = torch.randn(5000, 3)
+    expected = grad + 0.3 * (rows - cluster_means(rows, a, 6)[a])
+    penalty.add_kmeans_gradient_(grad, rows, penalty.Partition.of(a, 6), 0.3)
+    torch.testing.assert_close(grad, expected)

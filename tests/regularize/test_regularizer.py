@@ -25,7 +25,7 @@ def test_kmeans_penalty_uses_compression_clustering_and_lam() -> None:
     dkm = _dkm(net, {"conv": LayerSpec(4, 0.5), "fc": LayerSpec(3, d=5)}, lam=0.3, seed=2)
     rows = to_rows(net.conv.weight.detach(), 3)
     expected = cluster_rows(rows, 4, 0.5, seed=layer_seed(2, "conv")).assignments
-    assert torch.equal(dkm.assignments["conv"], expected)
+    assert torch.equal(dkm.assignments["conv"].long(), expected)
     terms = dkm.layer_penalties()
     assert float(terms["conv"].detach()) == pytest.approx(float(kmeans_penalty(rows, expected, 4)))
     assert float(dkm.penalty().detach()) == pytest.approx(0.15 * float(sum(terms.values()).detach()))
@@ -43,7 +43,7 @@ def test_refresh_every_t_steps() -> None:
     dkm.step()
     rows = to_rows(net.conv.weight.detach(), 3)
     # later refreshes continue Lloyd from the previous F
-    assert torch.equal(dkm.assignments["conv"], refine_rows(rows, before, 4).assignments)
+    assert torch.equal(dkm.assignments["conv"].long(), refine_rows(rows, before, 4).assignments)
     assert not torch.equal(dkm.assignments["conv"], before)
 
 
@@ -70,3 +70,33 @@ def test_descent_on_penalty_alone_makes_assignments_harder() -> None:
         dkm.step()
     assert float(dkm.penalty().detach()) < 0.2 * first
     assert dkm.report()[0].hardness < 0.5 * hardness0
+
+
+@pytest.mark.parametrize("method", ["kmeans", "spectral"])
+def test_gradient_mode_updates_like_the_loss_mode(method: str) -> None:
+    """apply='gradient' adds lam * (W - W F F^T) to .grad at backward: the same steps as the autograd penalty
+    (for weights the loss uses: a weight that gets no gradient gets no hook call)."""
+    torch.manual_seed(0)
+    nets = [TinyNet(), TinyNet()]
+    nets[1].load_state_dict(nets[0].state_dict())
+    layers = {"conv": LayerSpec(4, 0.5), "fc": LayerSpec(2, d=5)}
+    dkms = [
+        _dkm(net, layers, method, lam=0.7, refresh_every=3, apply=apply)
+        for net, apply in zip(nets, ("loss", "gradient"), strict=True)
+    ]
+    opts = [torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9) for net in nets]
+    x, images = torch.randn(8, 20), torch.randn(8, 2, 5, 5)
+    for _ in range(7):
+        values = []
+        for net, dkm, opt in zip(nets, dkms, opts, strict=True):
+            loss = net.fc(x).square().mean() + net.conv(images).square().mean()
+            if dkm.in_loss:
+                loss = loss + dkm.penalty()
+            values.append(float(dkm.penalty().detach()))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            dkm.step()
+        assert values[1] == pytest.approx(values[0], rel=1e-5) and values[0] > 0
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
