@@ -15,7 +15,7 @@ from torch import nn
 
 from deepkmeans.cluster.quantize import entropy_bits
 from deepkmeans.cluster.rows import default_row_length, num_rows
-from deepkmeans.plan import NORMALIZATION, parameter_modules
+from deepkmeans.plan import NORMALIZATION, own_parameters, parameter_modules
 from deepkmeans.shared import SharedLayer, shared_layers, shared_state_keys
 
 
@@ -112,8 +112,9 @@ def account(model: nn.Module, file_bytes: int | None = None) -> Accounting:
     seen: set[int] = set()
     rows: list[LayerAccount] = []
     norm_bits = 0
+    shared_names = set(shared) | set(tied_to)
     for name, module in parameter_modules(model):
-        params = [p for p in module.parameters(recurse=False) if id(p) not in seen]
+        params = [p for p in own_parameters(module, name in shared_names) if id(p) not in seen]
         seen.update(id(p) for p in params)
         other_bits = sum(p.numel() * value_bits(p) for p in params)
         if name in shared:

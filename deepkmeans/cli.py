@@ -9,7 +9,7 @@ import warnings
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
-from deepkmeans.errors import DeepKMeansError
+from deepkmeans.errors import DeepKMeansError, PlanWarning
 
 if TYPE_CHECKING:
     from deepkmeans.config import RunConfig
@@ -104,7 +104,7 @@ def _config(args: argparse.Namespace) -> RunConfig:
 
     cfg = load_config(getattr(args, "config", None) or getattr(args, "config_file", None))
     overrides = {k: getattr(args, k, None) for k in ("data_dir", "device", "out_dir")}
-    return replace(cfg, **{k: v for k, v in overrides.items() if v})
+    return replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def _with(where: str, section: object, **overrides: object) -> object:
@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
+    warnings.simplefilter("once", PlanWarning)  # one line per layer, however many stages plan it
     try:
         COMMANDS[args.command](args)
     except DeepKMeansError as exc:

@@ -159,6 +159,12 @@ class RunConfig:
 
         model_info(self.model)
         _require(self.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}", self.dataset)
+        _require(
+            isinstance(self.out_dir, str) and self.out_dir.strip() != "",
+            "out_dir",
+            "must be a folder path",
+            self.out_dir,
+        )
         _require(_is_int(self.seed), "seed", "must be an integer", self.seed)
 
 

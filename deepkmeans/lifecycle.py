@@ -13,22 +13,23 @@ re-training pulls each layer's rows towards exactly the clustering the file will
 
 from __future__ import annotations
 
-import copy
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from deepkmeans.accounting import LayerAccount, shared_account
 from deepkmeans.cluster.quantize import RowClustering, cluster_rows, hardness
 from deepkmeans.cluster.rows import from_rows, to_rows
 from deepkmeans.config import CompressConfig, RegularizerConfig
-from deepkmeans.errors import DeepKMeansError
+from deepkmeans.errors import DeepKMeansError, PlanWarning
 from deepkmeans.plan import LayerPlan, build_plan
 from deepkmeans.regularize.regularizer import PenaltyState
-from deepkmeans.shared import share_
+from deepkmeans.shared import copy_module, share_
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ class DeepKMeans:
         self.regularizer = regularizer or RegularizerConfig(method="none")
         self.plan: LayerPlan = build_plan(model, config)
         for note in self.plan.notes:
-            warnings.warn(note, stacklevel=2)
+            warnings.warn(note, PlanWarning, stacklevel=2)
         self._modules = dict(model.named_modules())
         shared = self.plan.shared
         self._penalty: PenaltyState | None = None
@@ -153,12 +154,18 @@ class DeepKMeans:
             out.append(LayerReport(account, hardness(weight, quantized)))
         return out
 
-    def finalize(self, inplace: bool = False) -> nn.Module:
+    def finalize(self, inplace: bool = False, progress: bool | None = None) -> nn.Module:
         """The compressed model: each shared layer holds its K centers and one index per row (see
-        :mod:`deepkmeans.shared`). A copy unless ``inplace``; :func:`deepkmeans.materialize` makes it dense."""
+        :mod:`deepkmeans.shared`). A copy unless ``inplace``; :func:`deepkmeans.materialize` makes it dense.
+        ``progress``: a bar over the layers (default: when stderr is a terminal)."""
         self._check_open()
-        clusterings = {name: self.clustering(name) for name in self.plan.shared}
-        model = self.model if inplace else copy.deepcopy(self.model)
+        show = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(self.plan.shared, desc="k-means", unit="layer", leave=False, disable=not show)
+        clusterings = {}
+        for name in bar:
+            bar.set_postfix_str(name)
+            clusterings[name] = self.clustering(name)
+        model = self.model if inplace else copy_module(self.model)
         modules = dict(model.named_modules())
         for name, pl in self.plan.shared.items():
             c = clusterings[name]

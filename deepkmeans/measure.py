@@ -6,7 +6,6 @@ model is written to a real file and the accuracy is that of the model read back 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from torch import nn
 from deepkmeans.accounting import Accounting, account
 from deepkmeans.data import Batches
 from deepkmeans.files import load, save
-from deepkmeans.shared import materialize
+from deepkmeans.shared import copy_module, materialize
 from deepkmeans.train import evaluate
 
 
@@ -78,6 +77,6 @@ def measure(
         equal, path = _same_state(model, subject), str(save_to)
     device = device or _device_of(model)
     if _device_of(subject) != device:
-        subject = (copy.deepcopy(subject) if subject is model else subject).to(device)
+        subject = (copy_module(subject) if subject is model else subject).to(device)
     loss, acc = evaluate(subject, batches, device)
     return Measurement(acc, loss, account(model, file_bytes), path, equal)

@@ -98,6 +98,17 @@ def is_shareable(module: nn.Module) -> bool:
     return isinstance(module, SHAREABLE)
 
 
+def own_parameters(module: nn.Module, skip_weight: bool = False) -> list[nn.Parameter]:
+    """The module's direct parameters, with the originals of its parametrized tensors (without the weight's
+    when ``skip_weight``: a shared weight is accounted for by its centers)."""
+    params = list(module.parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        for name, plist in module.parametrizations.items():
+            if not (skip_weight and name == "weight"):
+                params += list(plist.parameters())
+    return params
+
+
 def parameter_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Modules that own parameters (a parametrized weight counts as the module's own), in traversal order."""
     return [

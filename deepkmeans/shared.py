@@ -22,6 +22,17 @@ from deepkmeans.cluster.rows import from_rows, to_rows
 from deepkmeans.codec.entropy import encode_indexes
 
 
+def copy_module(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy`` that also copies modules holding computed tensors (e.g. the ``weight`` that legacy
+    ``weight_norm`` recomputes before each forward), which deepcopy alone refuses."""
+    memo: dict[int, object] = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(model, memo)
+
+
 def index_dtype(k: int) -> torch.dtype:
     """The narrowest integer dtype that holds indexes ``[0, k)``."""
     if k <= 256:
@@ -142,7 +153,7 @@ def share_(
 
 def materialize(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Turn every shared weight back into a plain dense Parameter (tied modules keep one Parameter)."""
-    model = model if inplace else copy.deepcopy(model)
+    model = model if inplace else copy_module(model)
     dense: dict[int, nn.Parameter] = {}
     for module in model.modules():
         if _shared_weight(module) is None:
