@@ -86,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scales", default="0.25,0.5,1,2,4", help="K multipliers (default: 0.25,0.5,1,2,4)")
     p.add_argument("--p-offsets", default="-0.2,-0.1,0.05", help="sparsity p shifts (default: -0.2,-0.1,0.05)")
 
+    p = sub.add_parser("export", help="export a compressed file to ONNX, shared layers kept compressed")
+    p.add_argument("file", help="compressed file (.dkm) or checkpoint of a built-in architecture")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format (default: onnx)")
+    p.add_argument("-o", "--output", default="model.onnx", help="output file (default: model.onnx)")
+    p.add_argument("--dense", action="store_true", help="plain dense weights, for runtimes that need them")
+
     p = sub.add_parser("report", help="(re)build report.md and its plots from a run folder")
     p.add_argument("run_dir", help="folder written by `deepkmeans run`")
     return parser
@@ -196,6 +202,17 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from deepkmeans.jobs import export_file
+
+    result = export_file(args.file, args.output, args.format, args.dense)
+    for layer in result.layers:
+        how = f"{layer.index_bits}-bit indexes" if layer.index_bits else layer.note
+        print(f"  {layer.name}: K = {layer.k} centers, {how}")
+    kind = "dense weights" if result.dense else "shared layers as Gather(centers, indexes)"
+    print(f"wrote {result.path} ({result.bytes} bytes, {kind})")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from deepkmeans.report.markdown import write_report
 
@@ -210,6 +227,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "energy": cmd_energy,
     "sweep": cmd_sweep,
+    "export": cmd_export,
     "report": cmd_report,
 }
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
 
 from deepkmeans.accounting import Accounting, account
 from deepkmeans.config import RunConfig
@@ -20,6 +23,9 @@ from deepkmeans.models import build_model, model_info
 from deepkmeans.pipeline import model_meta, pretrain, retrain, start_session
 from deepkmeans.sweep import SweepPoint, sweep
 from deepkmeans.train import EpochLog, pick_device
+
+if TYPE_CHECKING:
+    from deepkmeans.export import OnnxExport
 
 
 def train_checkpoint(cfg: RunConfig, output: str | Path) -> list[EpochLog]:
@@ -89,6 +95,20 @@ def energy_of(path: str | Path | None, model_name: str | None, batch: int = 1) -
         if not isinstance(name, str):
             raise DeepKMeansError(f"{path}: does not name a built-in architecture")
     return estimate_energy(model, model_info(name).input_shape, batch)
+
+
+def export_file(path: str | Path, output: str | Path, fmt: str = "onnx", dense: bool = False) -> OnnxExport:
+    """Export a compressed file (or a checkpoint) of a built-in architecture; shared layers stay compressed."""
+    from deepkmeans.export import export_onnx
+
+    if fmt != "onnx":
+        raise DeepKMeansError(f"unknown export format {fmt!r}; known: onnx")
+    check_writable(output)
+    loaded = load_model_file(path)
+    if not isinstance(loaded.name, str):
+        raise DeepKMeansError(f"{path}: does not name a built-in architecture; use deepkmeans.export.export_onnx")
+    example = torch.zeros(1, *model_info(loaded.name).input_shape)
+    return export_onnx(loaded.model, example, output, dense=dense)
 
 
 def sweep_checkpoint(

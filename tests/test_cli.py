@@ -99,7 +99,7 @@ def test_module_help() -> None:
     result = subprocess.run([sys.executable, "-m", "deepkmeans", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     listed = re.findall(r"^ {4}(\w+) {2,}\S", result.stdout, re.MULTILINE)
-    assert listed == ["run", "train", "retrain", "compress", "evaluate", "energy", "sweep", "report"]
+    assert listed == ["run", "train", "retrain", "compress", "evaluate", "energy", "sweep", "export", "report"]
     for verb in listed:
         with pytest.raises(SystemExit) as exit_info:
             main([verb, "--help"])
