@@ -66,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML run config with compress.layers (default: built-in)")
     p.add_argument("-o", "--output", default="model.dkm", help="compressed file (default: model.dkm)")
 
+    p = sub.add_parser("tune", help="choose per-layer K / p / d for a size target on validation data")
+    p.add_argument("checkpoint", help="pre-trained checkpoint")
+    _common(p)
+    p.add_argument("--target-cr", type=float, help="paper-accounting compression ratio to reach")
+    p.add_argument("--max-drop", type=float, help="largest validation accuracy drop allowed, in points")
+    p.add_argument("--validation", type=int, help="last training images to validate on (default: config's, else 5000)")
+    p.add_argument("-o", "--output", default="tuned.yaml", help="run config to write (default: tuned.yaml)")
+
+    p = sub.add_parser("finetune", help="fine-tune the centers of a compressed file (same file size)")
+    p.add_argument("file", help="compressed file (.dkm)")
+    _common(p)
+    p.add_argument("--epochs", type=int, help="override finetune.epochs (default from config, at least 1)")
+    p.add_argument("--lr", type=float, help="override finetune.lr")
+    p.add_argument("-o", "--output", default="finetuned.dkm", help="compressed file to write (default: finetuned.dkm)")
+
     p = sub.add_parser("evaluate", help="test accuracy and per-layer compression table of a file or checkpoint")
     p.add_argument("file", help="compressed file (.dkm) or checkpoint")
     p.add_argument("--data-dir", help="dataset directory")
@@ -85,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="sweep", help="where sweep.json, sweep.md and sweep.png go (default: sweep)")
     p.add_argument("--scales", default="0.25,0.5,1,2,4", help="K multipliers (default: 0.25,0.5,1,2,4)")
     p.add_argument("--p-offsets", default="-0.2,-0.1,0.05", help="sparsity p shifts (default: -0.2,-0.1,0.05)")
+    p.add_argument("--runs", nargs="*", default=[], metavar="RUN_DIR", help="add the models of these run folders")
 
     p = sub.add_parser("export", help="export a compressed file to ONNX, shared layers kept compressed")
     p.add_argument("file", help="compressed file (.dkm) or checkpoint of a built-in architecture")
@@ -157,6 +173,38 @@ def cmd_compress(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} ({accounting.file_bytes} bytes)")
 
 
+def cmd_tune(args: argparse.Namespace) -> None:
+    from deepkmeans.jobs import tune_checkpoint
+
+    cfg = _config(args)
+    validation = args.validation or cfg.validation or 5000
+    result = tune_checkpoint(args.checkpoint, cfg, args.output, args.target_cr, args.max_drop, validation)
+    print(f"per-layer choice (validation: the last {validation} training images):")
+    for name, c in result.chosen.items():
+        what = "dense" if c.spec is None else f"K={c.spec.K} p={c.spec.p:g} d={c.spec.d}"
+        alone = (
+            f"val loss with this layer alone shared {c.val_loss:.4f} (dense {result.candidates[name][0].val_loss:.4f})"
+        )
+        print(f"  {name:<20} {what:<22} {c.bits:>10.0f} bits  {alone}")
+    print(
+        f"all together: paper CR {result.paper_cr:.1f}x (target {result.target_cr:.1f}x), validation accuracy"
+        f" {100 * result.val_acc:.2f}% (dense {100 * result.dense_val_acc:.2f}%), {result.seconds:.0f}s"
+    )
+    print(f"wrote {args.output}")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    from deepkmeans.jobs import finetune_file
+
+    cfg = _config(args)
+    epochs = args.epochs if args.epochs is not None else max(cfg.finetune.epochs, 1)
+    cfg = replace(cfg, finetune=_with("finetune", cfg.finetune, epochs=epochs, lr=args.lr))
+    result = finetune_file(args.file, cfg, args.output)
+    for label, m in (("before", result.before), ("after", result.after)):
+        print(f"  {label:<7} test accuracy {100 * m.test_acc:.2f}%  paper CR {m.paper_cr:.1f}x  {m.file_bytes} bytes")
+    print(f"wrote {args.output}")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from deepkmeans.jobs import evaluate_file
     from deepkmeans.report.tables import layer_table, ratio_summary
@@ -194,11 +242,11 @@ def cmd_sweep(args: argparse.Namespace) -> None:
     from deepkmeans.jobs import sweep_checkpoint
 
     def show(point: SweepPoint) -> None:
-        where = {"dense": "dense", "K": f"K x {point.k_scale:g}", "p": f"p {point.p_offset:+g}"}[point.grid]
+        where = {"dense": "dense", "K": f"K x {point.k_scale:g}", "p": f"p {point.p_offset:+g}"}.get(point.grid, "")
         print(f"  {where:<12} test accuracy {100 * point.test_acc:6.2f}%  paper CR {point.paper_cr:7.1f}x")
 
     scales, offsets = _floats(args.scales, "--scales"), _floats(args.p_offsets, "--p-offsets")
-    path = sweep_checkpoint(args.checkpoint, _config(args), scales, offsets, args.out_dir, show)
+    path = sweep_checkpoint(args.checkpoint, _config(args), scales, offsets, args.out_dir, show, args.runs)
     print(f"wrote {path}")
 
 
@@ -224,6 +272,8 @@ COMMANDS = {
     "train": cmd_train,
     "retrain": cmd_retrain,
     "compress": cmd_compress,
+    "tune": cmd_tune,
+    "finetune": cmd_finetune,
     "evaluate": cmd_evaluate,
     "energy": cmd_energy,
     "sweep": cmd_sweep,

@@ -137,6 +137,16 @@ class RetrainConfig(TrainConfig):
         return RegularizerConfig(self.method, self.lam, self.refresh_every, self.apply)
 
 
+@dataclass(frozen=True)
+class FinetuneConfig(TrainConfig):
+    """Center fine-tuning after compression: the assignments stay fixed, the centers (and biases, BatchNorm)
+    are trained, each center by the gradient summed over its rows. The file size does not change."""
+
+    epochs: int = 0
+    lr: float = 0.0005  # small: a center's gradient is summed over its rows, a dominant cluster's over most rows
+    weight_decay: float = 0.0
+
+
 DATASETS = ("mnist", "cifar10")
 
 
@@ -150,9 +160,11 @@ class RunConfig:
     out_dir: str = "runs/lenet5_mnist"
     seed: int = 0
     device: str = "auto"
+    validation: int = 0  # the last n training examples, held out of training for choices (e.g. by tune)
     train: TrainConfig = field(default_factory=TrainConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         from deepkmeans.models import model_info
@@ -166,6 +178,8 @@ class RunConfig:
             self.out_dir,
         )
         _require(_is_int(self.seed), "seed", "must be an integer", self.seed)
+        valid = _is_int(self.validation) and self.validation >= 0
+        _require(valid, "validation", "must be an integer >= 0", self.validation)
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -142,6 +142,7 @@ class LoadedModel:
     dataset: str | None
     compressed: bool
     file_bytes: int
+    meta: dict[str, Any]
 
 
 def load_model_file(path: str | Path, materialize: bool = False) -> LoadedModel:
@@ -155,7 +156,7 @@ def load_model_file(path: str | Path, materialize: bool = False) -> LoadedModel:
     if is_compressed_file(path):
         cm = load_compressed(path)
         model = rebuild(cm, None, materialize, str(path))
-        return LoadedModel(model, cm.model.get("name"), cm.model.get("dataset"), True, size)
+        return LoadedModel(model, cm.model.get("name"), cm.model.get("dataset"), True, size, dict(cm.model))
     state = load_checkpoint(path)
     meta = dict(state.get("meta", {}))
     name = meta.get("model")
@@ -166,4 +167,4 @@ def load_model_file(path: str | Path, materialize: bool = False) -> LoadedModel:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise FormatError(f"{path}: tensors do not fit the model {name} ({str(exc).splitlines()[0][:200]})") from None
-    return LoadedModel(model, name, meta.get("dataset"), False, size)
+    return LoadedModel(model, name, meta.get("dataset"), False, size, meta)

@@ -2,30 +2,33 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+import yaml
 
 from deepkmeans.accounting import Accounting, account
-from deepkmeans.config import RunConfig
-from deepkmeans.data import load_data
+from deepkmeans.config import RunConfig, to_dict
+from deepkmeans.data import load_data, load_splits
 from deepkmeans.energy.rs import EnergyResult
 from deepkmeans.energy.torch_layers import estimate_energy
-from deepkmeans.errors import DeepKMeansError
-from deepkmeans.fileio import check_writable
+from deepkmeans.errors import DeepKMeansError, PlanWarning
+from deepkmeans.fileio import check_writable, write_atomic
 from deepkmeans.files import LoadedModel, load_model_file, save
 from deepkmeans.lifecycle import compress
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.models import build_model, model_info
 from deepkmeans.pipeline import model_meta, pretrain, retrain, start_session
-from deepkmeans.sweep import SweepPoint, sweep
+from deepkmeans.sweep import SweepPoint, run_points, sweep
 from deepkmeans.train import EpochLog, pick_device
 
 if TYPE_CHECKING:
     from deepkmeans.export import OnnxExport
+    from deepkmeans.tune import TuneResult
 
 
 def train_checkpoint(cfg: RunConfig, output: str | Path) -> list[EpochLog]:
@@ -97,6 +100,69 @@ def energy_of(path: str | Path | None, model_name: str | None, batch: int = 1) -
     return estimate_energy(model, model_info(name).input_shape, batch)
 
 
+@dataclass(frozen=True)
+class Finetuning:
+    """A compressed file before and after center fine-tuning, at the same size."""
+
+    before: Measurement
+    after: Measurement
+    log: list[EpochLog]
+
+
+def finetune_file(path: str | Path, cfg: RunConfig, output: str | Path) -> Finetuning:
+    """Fine-tune the centers of a compressed file (assignments fixed) and write the result: same file size."""
+    from deepkmeans.pipeline import finetune
+
+    check_writable(output)
+    loaded = load_model_file(path)
+    if not loaded.compressed:
+        raise DeepKMeansError(f"{path}: is a checkpoint; finetune takes a compressed file (.dkm)")
+    session = start_session(cfg, cfg.finetune.batch_size, dataset=loaded.dataset)
+    loop, meta = session.loop, {"name": loaded.name, "dataset": loaded.dataset}
+    before = measure(loaded.model, loop.test, loop.device, file_bytes=loaded.file_bytes)
+    log = finetune(cfg, loaded.model, loop, Path(output).with_suffix(".ckpt"), meta)
+    after = measure(loaded.model, loop.test, loop.device, save_to=output, meta=meta)
+    return Finetuning(before, after, log)
+
+
+def tune_checkpoint(
+    checkpoint: str | Path,
+    cfg: RunConfig,
+    output: str | Path,
+    target_cr: float | None,
+    max_drop: float | None,
+    validation: int,
+) -> TuneResult:
+    """Choose per-layer K / p / d for a checkpoint on the last ``validation`` training images; writes a run config
+    (``cfg`` with the chosen layers and the validation split) that run, retrain and compress accept."""
+    from deepkmeans.tune import tune
+
+    check_writable(output)
+    loaded = _checkpoint(checkpoint)
+    trained_without = loaded.meta.get("validation", 0)
+    if trained_without != validation:
+        warnings.warn(
+            f"{checkpoint} was trained with validation = {trained_without}, tune uses the last {validation} training"
+            " images: the sensitivities are measured on images the model has seen (set validation in the config"
+            " that trains it)",
+            PlanWarning,
+            stacklevel=2,
+        )
+    cfg = replace(cfg, validation=validation)
+    splits = load_splits(loaded.dataset or cfg.dataset, cfg.data_dir, 256, cfg.seed, validation=validation)
+    result = tune(
+        loaded.model,
+        splits.val,
+        pick_device(cfg.device),
+        target_cr=target_cr,
+        max_drop=max_drop,
+        seed=cfg.compress.seed,
+    )
+    tuned = replace(cfg, compress=result.config)
+    write_atomic(output, yaml.safe_dump(to_dict(tuned), sort_keys=False).encode())
+    return result
+
+
 def export_file(path: str | Path, output: str | Path, fmt: str = "onnx", dense: bool = False) -> OnnxExport:
     """Export a compressed file (or a checkpoint) of a built-in architecture; shared layers stay compressed."""
     from deepkmeans.export import export_onnx
@@ -118,8 +184,10 @@ def sweep_checkpoint(
     p_offsets: Sequence[float],
     out_dir: str | Path,
     on_point: Callable[[SweepPoint], None] | None = None,
+    runs: Sequence[str | Path] = (),
 ) -> Path:
-    """Accuracy vs compression ratio of one checkpoint over a K / p grid; writes sweep.json / .md / .png."""
+    """Accuracy vs compression ratio of one checkpoint over a K / p grid, plus the compressed models of the
+    given run folders; writes sweep.json / .md / .png."""
     from deepkmeans.report.sweep import write_sweep
 
     check_writable(Path(out_dir) / "sweep.json")
@@ -130,4 +198,5 @@ def sweep_checkpoint(
     points = sweep(
         loaded.model, test, pick_device(cfg.device), cfg.compress, scales, p_offsets, model_meta=meta, on_point=on_point
     )
+    points += [point for run in runs for point in run_points(run)]
     return write_sweep(points, out_dir, loaded.name, dataset)

@@ -13,7 +13,7 @@ from torch import nn
 
 from deepkmeans import distributed
 from deepkmeans.config import RunConfig, to_dict
-from deepkmeans.data import load_data
+from deepkmeans.data import Batches, load_splits
 from deepkmeans.energy.report import plot_breakdown
 from deepkmeans.energy.torch_layers import estimate_energy
 from deepkmeans.fileio import check_writable
@@ -31,10 +31,11 @@ QUICK_LIMIT = 6000
 
 @dataclass
 class Session:
-    """Where a command runs: this process's rank, and its device and (sharded) data."""
+    """Where a command runs: this process's rank, its device and (sharded) data, and the validation split."""
 
     rank: distributed.Rank
     loop: Loop
+    val: Batches | None = None
 
     @property
     def device(self) -> torch.device:
@@ -46,9 +47,9 @@ def start_session(
 ) -> Session:
     """Join torchrun if launched by it, pick the device, load the data and shard it across ranks."""
     rank, device = distributed.setup(pick_device(cfg.device))
-    train, test = load_data(dataset or cfg.dataset, cfg.data_dir, batch_size, cfg.seed, limit)
-    train.set_shard(rank.rank, rank.world_size)
-    return Session(rank, Loop(train, test, device, rank.is_main, progress))
+    splits = load_splits(dataset or cfg.dataset, cfg.data_dir, batch_size, cfg.seed, limit, cfg.validation)
+    splits.train.set_shard(rank.rank, rank.world_size)
+    return Session(rank, Loop(splits.train, splits.test, device, rank.is_main, progress), splits.val)
 
 
 def model_meta(cfg: RunConfig, dataset: str | None = None) -> dict[str, Any]:
@@ -60,7 +61,7 @@ def pretrain(cfg: RunConfig, session: Session, checkpoint: Path) -> tuple[nn.Mod
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(session.device)
     wrapped = distributed.wrap(model, session.rank, session.device)
-    meta = {"model": cfg.model, "dataset": cfg.dataset}
+    meta = {"model": cfg.model, "dataset": cfg.dataset, "validation": cfg.validation}
     log = fit(wrapped, session.loop, cfg.train, stage="pretrain", checkpoint=checkpoint, meta=meta)
     return model, log
 
@@ -101,6 +102,15 @@ def compress_and_measure(
     return shared, measure(shared, loop.test, loop.device, save_to=path, meta=meta)
 
 
+def finetune(
+    cfg: RunConfig, compressed: nn.Module, loop: Loop, checkpoint: Path, meta: dict[str, Any]
+) -> list[EpochLog]:
+    """Center fine-tuning of a compressed model in place: its shared layers keep their assignments, the centers,
+    biases and BatchNorm train (the gather in each shared layer sums a center's gradient over its rows)."""
+    loop = replace(loop, train=loop.train.with_batch_size(cfg.finetune.batch_size))
+    return fit(compressed.to(loop.device), loop, cfg.finetune, stage="finetune", checkpoint=checkpoint, meta=meta)
+
+
 def _energy(files: RunFiles, final: StageMetrics, input_shape: tuple[int, ...]) -> EnergySummary:
     result = estimate_energy(load_model_file(files / final.file).model, input_shape)
     plot_breakdown(result, files / RunFiles.ENERGY_PLOT)
@@ -123,6 +133,7 @@ def _quick(cfg: RunConfig) -> RunConfig:
         cfg,
         train=replace(cfg.train, epochs=min(cfg.train.epochs, 1)),
         retrain=replace(cfg.retrain, epochs=min(cfg.retrain.epochs, 1)),
+        finetune=replace(cfg.finetune, epochs=min(cfg.finetune.epochs, 1)),
     )
 
 
@@ -169,6 +180,13 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     if not rank.is_main:
         distributed.barrier()
         return None
+    finetune_log: list[EpochLog] = []
+    if cfg.finetune.epochs > 0:
+        compressed = load_model_file(files / stages[-1].file).model
+        finetune_log = finetune(cfg, compressed, loop, files / RunFiles.FINETUNE, meta)
+        final = measure(compressed, loop.test, loop.device, save_to=files / RunFiles.FINETUNED, meta=meta)
+        stages.append(StageMetrics.of(f"{stages[-1].label}, centers fine-tuned", stages[-1].source, final))
+        print(f"{stages[-1].label}: test accuracy {100 * final.test_acc:.2f}% (same file size)")
     print(layer_table(final.accounting) + "\n\n" + ratio_summary(final.accounting))
     energy = _energy(files, stages[-1], model_info(cfg.model).input_shape)
     print(
@@ -187,6 +205,7 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
         hardness=hardness,
         pretrain_log=pretrain_log,
         retrain_log=retrain_log,
+        finetune_log=finetune_log,
         energy=energy,
     )
     path = metrics.write(files)

@@ -25,9 +25,11 @@ class RunFiles:
     RETRAIN = "retrain.ckpt"
     NO_RETRAIN = "no_retrain.dkm"
     MODEL = "model.dkm"
+    FINETUNE = "finetune.ckpt"
+    FINETUNED = "finetuned.dkm"
     ENERGY_PLOT = "energy.png"
     REPORT = "report.md"
-    LISTED = (METRICS, PRETRAIN, RETRAIN, NO_RETRAIN, MODEL, ENERGY_PLOT)
+    LISTED = (METRICS, PRETRAIN, RETRAIN, NO_RETRAIN, MODEL, FINETUNE, FINETUNED, ENERGY_PLOT)
 
     def __truediv__(self, name: str) -> Path:
         return self.root / name
@@ -39,7 +41,7 @@ class StageMetrics:
 
     label: str
     file: str  # file name inside the run folder
-    source: str  # the checkpoint that was compressed
+    source: str  # the dense checkpoint that was compressed
     test_acc: float
     test_loss: float
     paper_cr: float
@@ -107,6 +109,7 @@ class RunMetrics:
     hardness: dict[str, dict[str, float]]  # epoch (as text; "0" = before re-training) -> layer -> hardness
     pretrain_log: list[EpochLog] = field(default_factory=list)
     retrain_log: list[EpochLog] = field(default_factory=list)
+    finetune_log: list[EpochLog] = field(default_factory=list)
     energy: EnergySummary | None = None
 
     @property

@@ -77,8 +77,9 @@ def anchors_for(model: str | None, dataset: str | None) -> tuple[Anchor, ...]:
 class SweepPoint:
     """One measured point: which grid it lies on, the concrete per-layer targets, accuracy and sizes.
 
-    ``grid`` is "dense" (the uncompressed model, CR 1), "K" (K scaled by ``k_scale``) or "p"
-    (sparsity p shifted by ``p_offset``). ``layers`` maps each config key to its K and p.
+    ``grid`` is "dense" (the uncompressed model, CR 1), "K" (K scaled by ``k_scale``), "p" (sparsity p
+    shifted by ``p_offset``) or "run" (a compressed model of a ``deepkmeans run`` folder, named ``name``).
+    ``layers`` maps each config key to its K and p.
     """
 
     grid: str
@@ -91,6 +92,7 @@ class SweepPoint:
     file_cr: float | None
     file_bytes: int | None
     seconds: float
+    name: str = ""
 
     @property
     def error_pct(self) -> float:
@@ -98,7 +100,9 @@ class SweepPoint:
 
     @property
     def label(self) -> str:
-        """Short tag for plots and tables: the grid coordinate of the point."""
+        """Short tag for plots and tables: the grid coordinate of the point, or the run's name."""
+        if self.grid == "run":
+            return self.name
         if self.grid == "K":
             return f"K x{self.k_scale:g}"
         if self.grid == "p":
@@ -141,6 +145,30 @@ def _measure(
         save_to = file_dir / "point.dkm" if file_dir is not None else None
         m = measure(shared, test_batches, device, save_to=save_to, meta=model_meta)
     return m.test_acc, m.test_loss, m.paper_cr, m.file_cr, m.file_bytes
+
+
+def run_points(run_dir: str | Path) -> list[SweepPoint]:
+    """The compressed models of a ``deepkmeans run`` folder as points (measured there, read from its metrics)."""
+    from deepkmeans.runs import RunFiles, RunMetrics
+
+    metrics = RunMetrics.read(RunFiles(Path(run_dir)))
+    layers = metrics.config.get("compress", {}).get("layers", {})
+    return [
+        SweepPoint(
+            "run",
+            1.0,
+            0.0,
+            layers,
+            s.test_acc,
+            s.test_loss,
+            s.paper_cr,
+            s.file_cr,
+            s.file_bytes,
+            0.0,
+            f"{Path(run_dir).name}: {s.label}",
+        )
+        for s in metrics.stages
+    ]
 
 
 def sweep(

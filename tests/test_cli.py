@@ -51,9 +51,11 @@ def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureF
     assert main(["report", str(run)]) == 0 and (run / "report.md").is_file()
     sweep_dir = tmp_path / "sweep"
     argv = ["sweep", str(run / "pretrain.ckpt"), "--data-dir", str(mnist_dir), "--out-dir", str(sweep_dir)]
-    assert main([*argv, "--scales", "0.5,1", "--p-offsets", ""]) == 0
-    points = json.loads((sweep_dir / "sweep.json").read_text())
-    assert len(points["points"] if isinstance(points, dict) else points) == 3  # dense + two K scales
+    assert main([*argv, "--scales", "0.5,1", "--p-offsets", "", "--runs", str(run)]) == 0
+    points = json.loads((sweep_dir / "sweep.json").read_text())["points"]
+    assert [p["grid"] for p in points] == ["dense", "K", "K", "run", "run"]  # + the run's two compressed models
+    assert points[-1]["label"] == "run: re-trained (kmeans) + compressed"
+    assert points[-1]["test_acc"] == pytest.approx(final["test_acc"])
     assert (sweep_dir / "sweep.png").is_file()
     assert main([*argv, "--scales", "x"]) == 2
 
@@ -99,7 +101,19 @@ def test_module_help() -> None:
     result = subprocess.run([sys.executable, "-m", "deepkmeans", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     listed = re.findall(r"^ {4}(\w+) {2,}\S", result.stdout, re.MULTILINE)
-    assert listed == ["run", "train", "retrain", "compress", "evaluate", "energy", "sweep", "export", "report"]
+    assert listed == [
+        "run",
+        "train",
+        "retrain",
+        "compress",
+        "tune",
+        "finetune",
+        "evaluate",
+        "energy",
+        "sweep",
+        "export",
+        "report",
+    ]
     for verb in listed:
         with pytest.raises(SystemExit) as exit_info:
             main([verb, "--help"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -79,21 +80,43 @@ def _mnist_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor
     return x.unsqueeze(1), torch.from_numpy(labels).to(torch.int64)
 
 
-def load_data(
+@dataclass
+class Splits:
+    """Batches of one dataset: training, validation (the last examples of the training set, held out) and test."""
+
+    train: Batches
+    val: Batches | None
+    test: Batches
+
+
+def _carve(x: torch.Tensor, y: torch.Tensor, validation: int, limit: int | None) -> tuple:
+    """(train x, train y, val x, val y): the last ``validation`` examples are held out, then ``limit`` applies."""
+    if not 0 <= validation < len(x):
+        raise DatasetError(
+            f"validation must hold 0 to {len(x) - 1} of the {len(x)} training examples, got {validation}"
+        )
+    cut = len(x) - validation
+    return x[:cut][:limit], y[:cut][:limit], x[cut:], y[cut:]
+
+
+def load_splits(
     dataset: str,
     data_dir: str | Path | None,
     batch_size: int,
     seed: int = 0,
     limit: int | None = None,
-) -> tuple[Batches, Batches]:
-    """Train and test batches for ``dataset``; ``limit`` keeps the first n examples of each split."""
+    validation: int = 0,
+) -> Splits:
+    """Train, validation and test batches; ``validation`` holds out the last n training examples (choices are
+    made on them, never on the test set); ``limit`` keeps the first n examples of the training and test parts."""
     if dataset == "mnist":
         from deepkmeans.data.mnist import load_mnist
 
         train, test = load_mnist(data_dir)
-        xtr, ytr = _mnist_tensors(train.images[:limit], train.labels[:limit])
+        xtr, ytr, xva, yva = _carve(*_mnist_tensors(train.images, train.labels), validation, limit)
         xte, yte = _mnist_tensors(test.images[:limit], test.labels[:limit])
-        return Batches(xtr, ytr, batch_size, True, seed), Batches(xte, yte, 1000, False)
+        val = Batches(xva, yva, 1000, False) if validation else None
+        return Splits(Batches(xtr, ytr, batch_size, True, seed), val, Batches(xte, yte, 1000, False))
     if dataset == "cifar10":
         from deepkmeans.data.cifar10 import load_cifar10, normalize, random_crop_flip
 
@@ -101,10 +124,19 @@ def load_data(
             raise DatasetError("CIFAR-10 needs --data-dir pointing at a cifar-10-batches-py directory")
         train, test = load_cifar10(data_dir)
         # Kept as uint8 and normalized per batch, after the crop pads with black as usual.
-        xtr = torch.from_numpy(train.images[:limit])
+        labels = torch.from_numpy(train.labels).to(torch.int64)
+        xtr, ytr, xva, yva = _carve(torch.from_numpy(train.images), labels, validation, limit)
         xte = normalize(torch.from_numpy(test.images[:limit]))
-        ytr = torch.from_numpy(train.labels[:limit]).to(torch.int64)
         yte = torch.from_numpy(test.labels[:limit]).to(torch.int64)
         augment = lambda xb, gen: normalize(random_crop_flip(xb, gen))  # noqa: E731
-        return Batches(xtr, ytr, batch_size, True, seed, augment), Batches(xte, yte, 500, False)
+        val = Batches(normalize(xva), yva, 500, False) if validation else None
+        return Splits(Batches(xtr, ytr, batch_size, True, seed, augment), val, Batches(xte, yte, 500, False))
     raise DatasetError(f"unknown dataset {dataset!r}; known: mnist, cifar10")
+
+
+def load_data(
+    dataset: str, data_dir: str | Path | None, batch_size: int, seed: int = 0, limit: int | None = None
+) -> tuple[Batches, Batches]:
+    """Train and test batches for ``dataset`` (no validation split); see :func:`load_splits`."""
+    splits = load_splits(dataset, data_dir, batch_size, seed, limit)
+    return splits.train, splits.test

@@ -109,6 +109,12 @@ def _accuracy_section(metrics: RunMetrics, stages: list[Stage]) -> list[str]:
         "Paper CR: dense bits / (K*d*32 + N*H + bias bits) over all parameters but normalization layers (H: entropy"
         " of the assignments). File CR: bytes of the dense state dict / bytes of the compressed file.",
     ]
+    if metrics.finetune_log:
+        lines += [
+            "",
+            f"Centers fine-tuned for {len(metrics.finetune_log)} epoch(s) with the assignments fixed: the file"
+            " keeps its size, only the centers, biases and BatchNorm values change.",
+        ]
     if not metrics.retrain_log:
         epochs = metrics.config.get("retrain", {}).get("epochs", "?")
         lines += [
@@ -183,9 +189,10 @@ def _filters_section(run: Path, stages: list[Stage]) -> list[str]:
 
 def _rows_section(run: Path, stages: list[Stage]) -> list[str]:
     lines = ["## Weight rows before and after re-training", ""]
-    if len(stages) < 2:
+    retrained = [s for s in stages if s.metrics.file == RunFiles.MODEL]
+    if not retrained:
         return [*lines, "Skipped: re-training did not run.", ""]
-    base, final = stages[0], stages[-1]
+    base, final = stages[0], retrained[0]
     before, after = _state(base.source), _state(final.source)
     if before is None or after is None or base.cm is None or final.cm is None:
         missing = [p.name for p, x in ((base.source, before), (final.source, after)) if x is None]

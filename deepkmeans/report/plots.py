@@ -376,7 +376,11 @@ def plot_sweep(points: Sequence[SweepPoint], anchors: Sequence[Anchor], path: st
     dense = [pt for pt in points if pt.grid == "dense"]
     for pt in dense:
         ax.axhline(pt.error_pct, color="gray", ls="--", lw=1, label=f"dense (measured): {pt.error_pct:.2f}%")
-    styles = {"K": ("o", "#4c72b0", "K scaled"), "p": ("s", "#55a868", "sparsity p shifted")}
+    styles = {
+        "K": ("o", "#4c72b0", "K scaled"),
+        "p": ("s", "#55a868", "sparsity p shifted"),
+        "run": ("D", "#dd8452", "runs (re-trained, tuned, fine-tuned)"),
+    }
     for grid, (marker, color, label) in styles.items():
         series = sorted((pt for pt in points if pt.grid == grid), key=lambda pt: pt.paper_cr)
         if not series:
@@ -386,6 +390,7 @@ def plot_sweep(points: Sequence[SweepPoint], anchors: Sequence[Anchor], path: st
             [pt.error_pct for pt in series],
             marker=marker,
             color=color,
+            ls="none" if grid == "run" else "-",
             label=f"measured, {label}",
         )
         for pt in series:

@@ -19,8 +19,8 @@ def sweep_table(points: Sequence[SweepPoint], anchors: Sequence[Anchor] = ()) ->
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for pt in points:
-        ks = ", ".join(f"{k}={v['K']}" for k, v in pt.layers.items()) or "-"
-        ps = ", ".join(f"{k}={v['p']:g}" for k, v in pt.layers.items()) or "-"
+        ks = ", ".join(f"{k}={v['K']}" for k, v in pt.layers.items() if v) or "-"
+        ps = ", ".join(f"{k}={v['p']:g}" for k, v in pt.layers.items() if v) or "-"
         file_cr = f"{pt.file_cr:.1f}x" if pt.file_cr is not None else "-"
         size = str(pt.file_bytes) if pt.file_bytes is not None else "-"
         lines.append(

@@ -1,0 +1,251 @@
+"""Per-layer K / p / d chosen for a size target, on validation data.
+
+1. Sensitivity: each candidate (K, p, d) of each layer is measured by compressing that layer alone and
+   evaluating the model on the validation batches (loss and accuracy); its cost is its exact bits under
+   the paper accounting (K*d*b + N*H from the real assignments + the layer's other parameters).
+2. Allocation: one candidate per layer (or dense) minimizing the summed loss increase under a bit budget,
+   by Lagrangian relaxation: for a price per bit, every layer takes its cheapest candidate in loss + price
+   * bits; the price is bisected until the budget holds.
+3. Check: all chosen layers compressed together, measured on the same validation batches. With a maximum
+   accuracy drop instead of a size target, the largest size target whose joint check stays within the drop
+   is searched.
+The test set is never touched: the caller passes validation batches (the last training examples, held out).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from deepkmeans.accounting import account
+from deepkmeans.cluster.rows import default_row_length
+from deepkmeans.config import CompressConfig, LayerSpec
+from deepkmeans.data import Batches
+from deepkmeans.errors import ConfigError, DeepKMeansError
+from deepkmeans.lifecycle import compress
+from deepkmeans.plan import build_plan
+from deepkmeans.train import evaluate
+
+KS = (4, 8, 16, 32, 64, 128)
+PS = (0.0, 0.5, 0.8, 0.9, 0.95)
+LINEAR_DS = (1, 2, 5, 10, 20)
+SENSITIVITY_IMAGES = 2000  # validation examples each single-layer candidate is measured on (the joint check: all)
+GRID_STEPS = 12  # compression ratios tried (geometric up to the target) when searching a maximum accuracy drop
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One layer compressed alone with ``spec``: its exact paper bits and the validation loss and accuracy."""
+
+    layer: str
+    spec: LayerSpec | None  # None: the layer left dense
+    bits: float
+    val_loss: float
+    val_acc: float
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The chosen per-layer specs, the candidates they came from, and the joint check on validation data."""
+
+    config: CompressConfig
+    candidates: dict[str, list[Candidate]]
+    chosen: dict[str, Candidate]
+    dense_val_loss: float
+    dense_val_acc: float
+    val_loss: float
+    val_acc: float
+    paper_cr: float
+    target_cr: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The candidates tried per layer: centers ``ks``, sparsities ``ps`` and row lengths ``d``: None for the
+    kernel width and scalars for convolutions and small divisors of the input width for linear layers,
+    'kernel' for the kernel width only (the paper's rows; linear layers keep the default), or one length."""
+
+    ks: tuple[int, ...] = KS
+    ps: tuple[float, ...] = PS
+    d: int | str | None = None
+
+    def row_lengths(self, shape: tuple[int, ...]) -> list[int]:
+        if isinstance(self.d, int):
+            return [self.d] if shape[-1] % self.d == 0 else []
+        if len(shape) >= 3:
+            return [default_row_length(shape)] if self.d == "kernel" else sorted({1, default_row_length(shape)})
+        return [d for d in LINEAR_DS if shape[-1] % d == 0]
+
+    def specs(self, shape: tuple[int, ...]) -> Iterable[LayerSpec]:
+        for d in self.row_lengths(shape):
+            for k in self.ks:
+                if k < math.prod(shape) // d:
+                    for p in self.ps:
+                        yield LayerSpec(K=k, p=p, d=d)
+
+
+def sensitivities(
+    model: nn.Module,
+    val: Batches,
+    device: torch.device,
+    layers: list[str] | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    grid: Grid = Grid(),
+) -> dict[str, list[Candidate]]:
+    """Every grid candidate of every layer in ``layers`` (default: every shareable layer but embeddings), each
+    compressed alone (the others dense) and measured on the first ``SENSITIVITY_IMAGES`` of ``val``, plus the
+    layer left dense."""
+    plan = build_plan(model, CompressConfig())
+    layers = layers or [pl.name for pl in plan.layers if pl.module_type != "Embedding"]
+    jobs = [(pl.name, spec) for pl in plan.layers if pl.name in layers for spec in grid.specs(pl.shape)]
+    val = Batches(val.x[:SENSITIVITY_IMAGES], val.y[:SENSITIVITY_IMAGES], val.batch_size, False)
+    show = sys.stderr.isatty() if progress is None else progress
+    loss, acc = evaluate(model, val, device)
+    out = {name: [Candidate(name, None, _layer_bits(model, name), loss, acc)] for name in layers}
+    for name, spec in tqdm(jobs, desc="tune: sensitivity", unit="candidate", disable=not show):
+        shared = compress(model, CompressConfig(layers={name: spec}, seed=seed))
+        row = next(la for la in account(shared).layers if la.name == name)
+        loss, acc = evaluate(shared, val, device)
+        out[name].append(Candidate(name, spec, row.bits_after, loss, acc))
+    return out
+
+
+def _layer_bits(model: nn.Module, name: str) -> float:
+    return float(next(la for la in account(model).layers if la.name == name).bits_before)
+
+
+def allocate(candidates: dict[str, list[Candidate]], budget: float, dense_loss: float) -> dict[str, Candidate]:
+    """One candidate per layer with total bits <= ``budget``, minimizing the summed loss increase over
+    ``dense_loss``, by bisection on the price per bit."""
+
+    def pick(price: float) -> dict[str, Candidate]:
+        return {
+            name: min(cands, key=lambda c: (c.val_loss - dense_loss) + price * c.bits)
+            for name, cands in candidates.items()
+        }
+
+    def bits(choice: dict[str, Candidate]) -> float:
+        return sum(c.bits for c in choice.values())
+
+    cheapest = {name: min(cands, key=lambda c: c.bits) for name, cands in candidates.items()}
+    if bits(cheapest) > budget:
+        raise DeepKMeansError(
+            f"no choice of the candidates fits {budget:.0f} bits (the smallest takes {bits(cheapest):.0f});"
+            " lower the target compression ratio"
+        )
+    low, high = 0.0, 1.0
+    while bits(pick(high)) > budget:
+        high *= 4.0
+    for _ in range(60):
+        mid = (low + high) / 2
+        low, high = (mid, high) if bits(pick(mid)) > budget else (low, mid)
+    return _fill(pick(high), candidates, budget)
+
+
+def _fill(chosen: dict[str, Candidate], candidates: dict[str, list[Candidate]], budget: float) -> dict[str, Candidate]:
+    """Spend the bits the price left unused: repeatedly take the upgrade (a lower-loss candidate of one layer)
+    with the largest loss decrease per added bit that still fits the budget."""
+    chosen = dict(chosen)
+    while True:
+        spare = budget - sum(c.bits for c in chosen.values())
+        best, gain = None, 0.0
+        for name, cands in candidates.items():
+            now = chosen[name]
+            for c in cands:
+                added = c.bits - now.bits
+                if c.val_loss < now.val_loss and added <= spare:
+                    value = (now.val_loss - c.val_loss) / max(added, 1e-9)
+                    if value > gain:
+                        best, gain = c, value
+        if best is None:
+            return chosen
+        chosen[best.layer] = best
+
+
+def _joint(model: nn.Module, chosen: dict[str, Candidate], val: Batches, device: torch.device, seed: int):  # noqa: ANN202
+    config = CompressConfig(layers={name: c.spec for name, c in chosen.items()}, seed=seed)
+    shared = compress(model, config)
+    loss, acc = evaluate(shared, val, device)
+    return config, loss, acc, account(shared).paper_cr
+
+
+def tune(
+    model: nn.Module,
+    val: Batches,
+    device: torch.device,
+    *,
+    target_cr: float | None = None,
+    max_drop: float | None = None,
+    seed: int = 0,
+    progress: bool | None = None,
+    grid: Grid = Grid(),
+    candidates: dict[str, list[Candidate]] | None = None,
+) -> TuneResult:
+    """Choose K / p / d per layer on ``val`` for a paper-accounting ``target_cr``, or the largest CR whose
+    validation accuracy drop stays within ``max_drop`` percentage points (both: the target, checked).
+
+    ``candidates``: sensitivities measured before (:func:`sensitivities`), to choose for several targets
+    without measuring again. Compression is post-training here; re-training with the chosen config then
+    recovers accuracy.
+    """
+    if target_cr is None and max_drop is None:
+        raise ConfigError("tune needs a target compression ratio, a maximum accuracy drop, or both")
+    if target_cr is not None and target_cr <= 1:
+        raise ConfigError(f"the target compression ratio must be > 1, got {target_cr}")
+    if max_drop is not None and max_drop < 0:
+        raise ConfigError(f"the maximum accuracy drop must be >= 0 points, got {max_drop}")
+    started = time.perf_counter()
+    candidates = candidates or sensitivities(model, val, device, seed=seed, progress=progress, grid=grid)
+    dense_loss, dense_acc = evaluate(model, val, device)
+    total = account(model)
+    fixed = total.bits_before - sum(_layer_bits(model, name) for name in candidates)
+
+    def attempt(cr: float) -> tuple[dict[str, Candidate], tuple]:
+        chosen = allocate(candidates, total.bits_before / cr - fixed, dense_loss)
+        return chosen, _joint(model, chosen, val, device, seed)
+
+    if max_drop is None:
+        chosen, (config, loss, acc, cr) = attempt(target_cr)
+    else:
+        chosen, (config, loss, acc, cr) = _largest_within(attempt, dense_acc, max_drop, target_cr)
+    return TuneResult(
+        config, candidates, chosen, dense_loss, dense_acc, loss, acc, cr, target_cr or cr, time.perf_counter() - started
+    )
+
+
+def _largest_within(attempt, dense_acc: float, max_drop: float, target_cr: float | None):  # noqa: ANN001, ANN202
+    """The largest CR (up to ``target_cr``, else 1024) whose joint validation accuracy stays within ``max_drop``
+    points. Accuracy is not monotone in the CR asked for (the allocation minimizes loss, not errors), so a
+    geometric grid of CRs is checked, then bisected between the largest that held and the next."""
+
+    def within(cr: float):  # noqa: ANN202
+        try:
+            result = attempt(cr)
+        except DeepKMeansError:  # nothing fits this budget
+            return None
+        return result if 100 * (dense_acc - result[1][2]) <= max_drop else None
+
+    top = target_cr or 1024.0
+    grid = [top ** (i / GRID_STEPS) for i in range(1, GRID_STEPS + 1)]
+    held = [(cr, r) for cr in grid if (r := within(cr)) is not None]
+    if not held:
+        raise DeepKMeansError(f"no compression ratio kept the validation accuracy within {max_drop} points")
+    low, best = held[-1]
+    high = next((cr for cr in grid if cr > low), None)
+    for _ in range(4 if high else 0):
+        mid = math.sqrt(low * high)
+        result = within(mid)
+        if result is None:
+            high = mid
+        else:
+            low, best = mid, result
+    return best

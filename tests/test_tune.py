@@ -1,0 +1,84 @@
+"""deepkmeans tune: per-layer K / p / d for a target on validation data; center fine-tuning keeps the file size."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from deepkmeans.cli import main
+from deepkmeans.codec import model_file
+from deepkmeans.config import load_config
+from deepkmeans.data import Batches
+from deepkmeans.train import load_checkpoint
+from deepkmeans.tune import Candidate, allocate, tune
+from tests.conftest import make_mnist_dir
+from tests.test_cli import _config
+
+
+def _tiny() -> tuple[nn.Module, Batches]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6 * 6, 5))
+    x = torch.randn(96, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    return model, Batches(x, model(x).argmax(1).detach(), 48, False)
+
+
+@pytest.mark.parametrize("target", [6.0, 12.0])
+def test_tuner_meets_a_size_target(target: float) -> None:
+    model, val = _tiny()
+    result = tune(model, val, torch.device("cpu"), target_cr=target, progress=False)
+    assert result.paper_cr >= target
+    assert set(result.chosen) == {"0", "3"} and set(result.config.layers) == {"0", "3"}
+    assert {c.spec.d for c in result.candidates["3"] if c.spec} == {1, 2}  # d is part of the grid for linear layers
+    assert result.dense_val_acc == 1.0 and 0 <= result.val_acc <= 1
+
+
+def test_tuner_keeps_within_an_accuracy_drop() -> None:
+    model, val = _tiny()
+    result = tune(model, val, torch.device("cpu"), max_drop=5.0, progress=False)
+    assert 100 * (result.dense_val_acc - result.val_acc) <= 5.0 and result.paper_cr > 1.5
+
+
+def test_allocation_prefers_cheap_loss() -> None:
+    def c(layer: str, bits: float, loss: float) -> Candidate:
+        return Candidate(layer, None, bits, loss, 0.0)
+
+    candidates = {"a": [c("a", 100, 0.0), c("a", 10, 0.5)], "b": [c("b", 100, 0.0), c("b", 10, 0.01)]}
+    chosen = allocate(candidates, budget=115, dense_loss=0.0)
+    assert chosen["a"].bits == 100 and chosen["b"].bits == 10  # spend the bits where they buy most
+
+
+def test_tune_command_uses_validation_images_only_and_writes_a_config_run_accepts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = make_mnist_dir(tmp_path / "mnist", n_train=300, n_test=64)
+    test_images = data / "t10k-images-idx3-ubyte"
+    test_images.write_bytes(test_images.read_bytes()[:16] + bytes(64 * 28 * 28))  # blank: useless for choosing
+    config = _config(tmp_path, data)
+    config.write_text(config.read_text() + "validation: 100\n")
+    assert main(["train", "--config", str(config), "-o", str(tmp_path / "d.ckpt")]) == 0
+    assert load_checkpoint(tmp_path / "d.ckpt")["meta"]["validation"] == 100
+    out = tmp_path / "tuned.yaml"
+    argv = ["tune", str(tmp_path / "d.ckpt"), "--config", str(config), "--target-cr", "20", "-o", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "validation: the last 100 training images" in printed and "paper CR" in printed
+    tuned = load_config(out)
+    assert tuned.validation == 100 and set(tuned.compress.layers) == {"conv1", "conv2", "fc1", "fc2"}
+    assert main(["compress", str(tmp_path / "d.ckpt"), "--config", str(out), "-o", str(tmp_path / "t.dkm")]) == 0
+    assert "paper-accounting CR" in capsys.readouterr().out
+
+
+def test_center_finetuning_keeps_assignments_and_file_size(tmp_path: Path) -> None:
+    data = make_mnist_dir(tmp_path / "mnist")
+    config = _config(tmp_path, data)
+    config.write_text(config.read_text() + "finetune: {epochs: 1, batch_size: 32, lr: 0.001}\n")
+    assert main(["run", str(config), "--no-progress"]) == 0
+    run = tmp_path / "run"
+    before, after = model_file.load(run / "model.dkm"), model_file.load(run / "finetuned.dkm")
+    assert (run / "model.dkm").stat().st_size == (run / "finetuned.dkm").stat().st_size
+    for name, code in before.layers.items():
+        assert torch.equal(code.assignments, after.layers[name].assignments)
+    assert any(not torch.equal(code.centers, after.layers[n].centers) for n, code in before.layers.items())
+    assert main(["finetune", str(run / "model.dkm"), "--data-dir", str(data), "-o", str(tmp_path / "f.dkm")]) == 0
+    assert (tmp_path / "f.dkm").stat().st_size == (run / "model.dkm").stat().st_size
