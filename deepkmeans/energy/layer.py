@@ -89,9 +89,9 @@ class Layer:
             self._check_sharing(self.sharing)
 
     def _check_sharing(self, s: Sharing) -> None:
-        if self.R > 1 and s.d != self.R:
+        if self.R > 1 and self.R % s.d != 0:
             raise ValueError(
-                f"layer {self.name!r}: conv rows have length d = R = {self.R} (the kernel width), got d={s.d}"
+                f"layer {self.name!r}: conv rows of length d={s.d} do not tile the kernel width R = {self.R}"
             )
         if self.R == 1 and self.C % s.d != 0:
             raise ValueError(f"layer {self.name!r}: row length d={s.d} does not divide C={self.C}")

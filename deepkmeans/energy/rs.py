@@ -183,10 +183,14 @@ def unique_macs(layer: Layer) -> int:
     same 1-D result, so ``N * F * d * sum_c sum_k |ifmap rows of channel c touched by center k|``.
     R = 1 (FC, 1x1 conv) with rows spanning d channels: row (m, j) meets input slice j of every
     ofmap pixel, and reuse is across identical (j, center) pairs: ``N * E * F * d * |{(j, k)}|``.
+    Conv rows shorter than the kernel width (d < R, e.g. scalar sharing) make no two 1-D computations
+    identical by construction: no reuse, only the weight traffic shrinks.
     """
     s = layer.sharing
     if s is None:
         raise ValueError(f"layer {layer.name!r} has no weight sharing")
+    if layer.R > 1 and s.d < layer.R:
+        return layer.macs
     a = s.assignments
     rows = np.arange(a.size, dtype=np.int64)
     if layer.R == 1:

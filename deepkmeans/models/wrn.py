@@ -16,9 +16,10 @@ from torch.nn import functional as F
 
 
 class WideBasic(nn.Module):
-    """One pre-activation block: BN-ReLU-conv3x3, dropout, BN-ReLU-conv3x3, plus the shortcut."""
+    """One pre-activation block: BN-ReLU-conv3x3, dropout, BN-ReLU-conv3x3, plus the shortcut (a 1x1 conv
+    where the shape changes, or where ``project`` asks for one)."""
 
-    def __init__(self, in_planes: int, planes: int, dropout: float, stride: int = 1) -> None:
+    def __init__(self, in_planes: int, planes: int, dropout: float, stride: int = 1, project: bool = False) -> None:
         super().__init__()
         # Registration order fixes named_modules() order: conv1, conv2, then the shortcut conv.
         self.bn1 = nn.BatchNorm2d(in_planes)
@@ -27,7 +28,7 @@ class WideBasic(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=True)
         self.shortcut: nn.Module = nn.Identity()
-        if stride != 1 or in_planes != planes:
+        if project or stride != 1 or in_planes != planes:
             projection = nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=True)
             self.shortcut = nn.Sequential(projection)
 
@@ -41,7 +42,15 @@ class WideResNet(nn.Module):
     """WRN-depth-k: stem conv, three stages of (depth - 4) / 6 blocks (widths 16k, 32k, 64k), BN-ReLU,
     global average pooling and a linear classifier."""
 
-    def __init__(self, depth: int = 16, widen_factor: int = 4, num_classes: int = 10, dropout: float = 0.3) -> None:
+    def __init__(
+        self,
+        depth: int = 16,
+        widen_factor: int = 4,
+        num_classes: int = 10,
+        dropout: float = 0.3,
+        in_channels: int = 3,
+        project_first: bool = False,
+    ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
             raise ValueError(f"Wide ResNet depth must be 6n + 4 with n >= 1, got {depth}")
@@ -49,10 +58,10 @@ class WideResNet(nn.Module):
             raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
         blocks = (depth - 4) // 6
         widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.conv1 = nn.Conv2d(3, widths[0], kernel_size=3, padding=1, bias=True)
-        self.layer1 = _stage(widths[0], widths[1], blocks, dropout, stride=1)
-        self.layer2 = _stage(widths[1], widths[2], blocks, dropout, stride=2)
-        self.layer3 = _stage(widths[2], widths[3], blocks, dropout, stride=2)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=True)
+        self.layer1 = _stage(widths[0], widths[1], blocks, dropout, 1, project_first)
+        self.layer2 = _stage(widths[1], widths[2], blocks, dropout, 2, project_first)
+        self.layer3 = _stage(widths[2], widths[3], blocks, dropout, 2, project_first)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.linear = nn.Linear(widths[3], num_classes)
         self._init_weights()
@@ -74,9 +83,10 @@ class WideResNet(nn.Module):
         return self.linear(out)
 
 
-def _stage(in_planes: int, planes: int, blocks: int, dropout: float, stride: int) -> nn.Sequential:
-    """A stage of ``blocks`` blocks; only the first changes width and resolution."""
-    layers = [WideBasic(in_planes, planes, dropout, stride)]
+def _stage(in_planes: int, planes: int, blocks: int, dropout: float, stride: int, project: bool) -> nn.Sequential:
+    """A stage of ``blocks`` blocks; only the first changes width and resolution (and has the 1x1 shortcut conv,
+    always when ``project``)."""
+    layers = [WideBasic(in_planes, planes, dropout, stride, project)]
     layers += [WideBasic(planes, planes, dropout) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
@@ -93,3 +103,10 @@ def conv_layer_names(model: WideResNet) -> list[str]:
 def wrn16_4(num_classes: int = 10) -> WideResNet:
     """WRN-16-4 with dropout 0.3, the CIFAR-10 model of the Deep k-Means experiments."""
     return WideResNet(depth=16, widen_factor=4, num_classes=num_classes, dropout=0.3)
+
+
+def wrn16_mnist(widen_factor: int) -> WideResNet:
+    """WRN-16-k for 28x28 MNIST (one input channel, no dropout) with WRN-16-4's 16 conv layers: the first block
+    of every stage has its 1x1 shortcut conv even where the width does not change (k = 1), so the reference
+    presets' per-layer pattern carries over."""
+    return WideResNet(depth=16, widen_factor=widen_factor, dropout=0.0, in_channels=1, project_first=True)

@@ -131,8 +131,8 @@ def test_bad_sharing_raises() -> None:
         Layer(**TINY, sharing=Sharing(K=2, d=3, assignments=np.zeros(11, dtype=int)))
     with pytest.raises(ValueError, match=r"must lie in \[0, K=2\)"):
         Sharing(K=2, d=3, assignments=np.array([0, 2]))
-    with pytest.raises(ValueError, match="d = R = 3"):
-        Layer(**TINY, sharing=Sharing(K=2, d=1, assignments=np.zeros(36, dtype=int)))
+    with pytest.raises(ValueError, match="do not tile the kernel width R = 3"):
+        Layer(**TINY, sharing=Sharing(K=2, d=2, assignments=np.zeros(18, dtype=int)))
 
 
 def test_padding_is_not_fetched_from_dram() -> None:
@@ -151,3 +151,16 @@ def test_narrow_words_scale_energy() -> None:
 def test_filter_taller_than_array_is_reported() -> None:
     with pytest.raises(ValueError, match="exceeds the PE array height"):
         estimate([Layer("big", M=2, C=1, H=20, R=13)])
+
+
+def test_scalar_sharing_of_a_conv_saves_weight_traffic_but_no_macs() -> None:
+    """Rows shorter than the kernel width (d = 1) do not make 1-D computations identical: unique MACs = MACs,
+    while the weights move as K centers plus indexes."""
+    rng = np.random.default_rng(0)
+    sharing = Sharing(K=4, d=1, assignments=rng.integers(0, 4, 8 * 4 * 3 * 3), index_bits_per_row=2.0)
+    layer = Layer("c", M=8, C=4, H=10, R=3, sharing=sharing)
+    assert unique_macs(layer) == layer.macs
+    (result,) = estimate([layer]).layers
+    assert result.shared.total < result.dense.total
+    with pytest.raises(ValueError, match="do not tile the kernel width"):
+        Layer("c", M=8, C=4, H=10, R=3, sharing=Sharing(K=4, d=2, assignments=np.zeros(144, dtype=np.int64)))

@@ -1,0 +1,484 @@
+"""The paper's claim where it lives: sharing 3x3 filter rows in a Wide ResNet, against scalar sharing and a peer.
+
+A Wide ResNet-16-k trained here on MNIST (28x28, one channel: not the paper's CIFAR-10, which these machines
+do not have) with WRN-16-4's 16 conv layers. One pre-trained model, then at each target paper-accounting CR,
+with per-layer K / p chosen by ``tune`` on validation images (the last 5,000 of the training set, held out of
+training):
+  a. scalar sharing (d = 1, Deep Compression-style k-means), without and with center fine-tuning
+  b. row sharing (d = kernel width) without re-training
+  c. Deep k-Means re-training with the spectral penalty (identically zero for K >= d), then row sharing
+  d. Deep k-Means re-training with the exact k-means penalty, then row sharing
+  e. d + center fine-tuning
+  f. coremltools optimize.torch palettization (optional): post-training k-means and DKMPalettizer fine-tuned
+     for the wall time of d, vector palettization matched to the target size under the same accounting
+Writes docs/convnet.md with the table, an accuracy-vs-CR plot and a reading of the numbers.
+
+    python benchmarks/convnet.py [--width 1] [--seeds 2] [--targets 47,100] [--skip-coreml]
+    python benchmarks/convnet.py --quick --data-dir DIR --out /tmp/convnet.md      # smoke run, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from deepkmeans import DeepKMeans, account, compress, estimate_energy, measure
+from deepkmeans.config import FinetuneConfig, LayerSpec, RetrainConfig, RunConfig, TrainConfig
+from deepkmeans.data import Batches
+from deepkmeans.models import model_info
+from deepkmeans.pipeline import finetune, pretrain, start_session
+from deepkmeans.train import Loop, evaluate, fit
+from deepkmeans.tune import Candidate, Grid, sensitivities, tune
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Row:
+    """One method at one target size: accuracy per seed and what it costs."""
+
+    method: str
+    target: float
+    accs: list[float] = field(default_factory=list)
+    paper_cr: float = 0.0
+    file_cr: float = 0.0
+    energy: float = 0.0  # dense / shared energy of the row-stationary model
+    seconds: list[float] = field(default_factory=list)
+    note: str = ""
+
+    def add(self, acc: float, seconds: float) -> None:
+        self.accs.append(acc)
+        self.seconds.append(seconds)
+
+
+def _subset(batches: Batches, n: int) -> Batches:
+    return Batches(batches.x[:n], batches.y[:n], batches.batch_size, False)
+
+
+def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, input_shape: tuple) -> Row:
+    """Accuracy of ``model`` read back from its file, both ratios and the energy ratio, added to ``row``."""
+    m = measure(model, loop.test, loop.device, save_to=path, meta={"name": "convnet"})
+    row.add(m.test_acc, seconds)
+    row.paper_cr, row.file_cr = m.paper_cr, m.file_cr or 0.0
+    row.energy = estimate_energy(model, input_shape).ratio
+    return row
+
+
+def _retrain(cfg: RunConfig, model: nn.Module, loop: Loop, method: str, seed: int) -> None:
+    """Deep k-Means re-training of ``model`` in place, its k-means and batch order seeded by ``seed``."""
+    torch.manual_seed(seed)
+    rcfg = replace(cfg.retrain, method=method)
+    dkm = DeepKMeans(model, replace(cfg.compress, seed=seed), rcfg.regularizer)
+    train = loop.train.with_batch_size(rcfg.batch_size)
+    train.seed = seed
+    fit(model, replace(loop, train=train), rcfg, stage=f"retrain[{method}]", dkm=dkm)
+
+
+def _save_candidates(path: Path, candidates: dict[str, list[Candidate]]) -> None:
+    data = {name: [asdict(c) for c in cands] for name, cands in candidates.items()}
+    path.write_text(json.dumps(data))
+
+
+def _load_candidates(path: Path) -> dict[str, list[Candidate]] | None:
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return {
+        name: [Candidate(**{**c, "spec": LayerSpec(**c["spec"]) if c["spec"] else None}) for c in cands]
+        for name, cands in data.items()
+    }
+
+
+def _sensitivity(model: nn.Module, val: Batches, loop: Loop, grid: Grid, cache: Path) -> dict:
+    cands = _load_candidates(cache)
+    if cands is None:
+        cands = sensitivities(model, val, loop.device, progress=False, grid=grid)
+        _save_candidates(cache, cands)
+    return cands
+
+
+def main(argv: list[str] | None = None) -> Path:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.quick:
+        args = replace_args(args, pretrain_epochs=1, retrain_epochs=1, finetune_epochs=1, seeds=1, skip_coreml=True)
+    warnings.simplefilter("ignore")
+    started = time.perf_counter()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    name = f"wrn16_{args.width}_mnist"
+    input_shape = model_info(name).input_shape
+    cfg = RunConfig(
+        model=name,
+        data_dir=args.data_dir,
+        out_dir=str(work),
+        validation=args.validation,
+        train=TrainConfig(epochs=args.pretrain_epochs, batch_size=128, lr=0.05),
+        retrain=RetrainConfig(epochs=args.retrain_epochs, batch_size=128, lr=0.01, lam=args.lam, refresh_every=100),
+        finetune=FinetuneConfig(epochs=args.finetune_epochs, batch_size=128, lr=args.finetune_lr),
+    )
+    session = start_session(cfg, cfg.train.batch_size, args.limit, progress=False)
+    loop, val = session.loop, _subset(session.val, args.val_images)
+    t0 = time.perf_counter()
+    pretrained, log = pretrain(cfg, session, work / "pretrain.ckpt")
+    epoch_seconds = statistics.median(e.seconds for e in log) if log else float("nan")
+    _, dense_acc = evaluate(pretrained, loop.test, loop.device)
+    print(f"{name}: dense test accuracy {100 * dense_acc:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
+    sens = {
+        "rows": _sensitivity(pretrained, val, loop, Grid(args.ks, args.ps, "kernel"), work / "sens_rows.json"),
+        "scalar": _sensitivity(pretrained, val, loop, Grid(args.ks, args.ps, 1), work / "sens_scalar.json"),
+    }
+    rows: list[Row] = []
+    for target in args.targets:
+        configs = {
+            family: tune(pretrained, val, loop.device, target_cr=target, candidates=cands).config
+            for family, cands in sens.items()
+        }
+        rows += _methods(args, cfg, pretrained, loop, configs, target, work, input_shape)
+        if not args.skip_coreml:
+            rows += _coreml_rows(args, pretrained, loop, target, rows[-1], input_shape)
+    seconds = time.perf_counter() - started
+    return _write(args, argv, name, dense_acc, epoch_seconds, rows, seconds)
+
+
+def replace_args(args: argparse.Namespace, **changes: object) -> argparse.Namespace:
+    return argparse.Namespace(**{**vars(args), **changes})
+
+
+def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) -> list[Row]:  # noqa: ANN001
+    """Rows a to e at one target size."""
+    rows = []
+    tag = f"{target:g}x"
+    t = time.perf_counter()
+    scalar = compress(pretrained, replace(configs["scalar"], seed=0))
+    rows.append(
+        _measured(
+            Row("a. scalar sharing (d = 1)", target),
+            scalar,
+            loop,
+            work / f"a_{tag}.dkm",
+            time.perf_counter() - t,
+            input_shape,
+        )
+    )
+    t = time.perf_counter()
+    finetune(replace(cfg, compress=configs["scalar"]), scalar, loop, work / f"a_ft_{tag}.ckpt", {})
+    rows.append(
+        _measured(
+            Row("a. scalar sharing + center fine-tuning", target),
+            scalar,
+            loop,
+            work / f"a_ft_{tag}.dkm",
+            time.perf_counter() - t,
+            input_shape,
+        )
+    )
+    t = time.perf_counter()
+    rowshared = compress(pretrained, replace(configs["rows"], seed=0))
+    rows.append(
+        _measured(
+            Row("b. row sharing (d = kernel width)", target),
+            rowshared,
+            loop,
+            work / f"b_{tag}.dkm",
+            time.perf_counter() - t,
+            input_shape,
+        )
+    )
+    for method, label in (
+        ("spectral", "c. Deep k-Means, spectral penalty"),
+        ("kmeans", "d. Deep k-Means, k-means penalty"),
+    ):
+        row, tuned = Row(label, target), Row("e. d + center fine-tuning", target)
+        for seed in range(args.seeds):
+            model = copy.deepcopy(pretrained)
+            t = time.perf_counter()
+            _retrain(replace(cfg, compress=configs["rows"]), model, loop, method, seed)
+            shared = compress(model, replace(configs["rows"], seed=seed))
+            took = time.perf_counter() - t
+            _measured(row, shared, loop, work / f"{method}_{tag}_{seed}.dkm", took, input_shape)
+            if method == "kmeans":
+                t = time.perf_counter()
+                finetune(cfg, shared, loop, work / f"e_{tag}_{seed}.ckpt", {})
+                _measured(
+                    tuned, shared, loop, work / f"e_{tag}_{seed}.dkm", took + time.perf_counter() - t, input_shape
+                )
+        rows.append(row)
+        if method == "kmeans":
+            rows.append(tuned)
+    for r in rows:
+        print(
+            f"  {tag} {r.method:<42} {_acc(r):>16}  paper CR {r.paper_cr:6.1f}x  file CR {r.file_cr:6.1f}x", flush=True
+        )
+    return rows
+
+
+def _acc(row: Row) -> str:
+    mean = 100 * statistics.mean(row.accs)
+    if len(row.accs) == 1:
+        return f"{mean:.2f}%"
+    return f"{mean:.2f}% +- {100 * (max(row.accs) - min(row.accs)) / 2:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# coremltools, the peer (optional)
+
+
+def coreml_bits(model: nn.Module) -> tuple[float, float]:
+    """(dense bits, palettized bits) of a coremltools-palettized model under the paper accounting: per
+    palettized weight, its LUT (K vectors of cluster_dim values, 32 bits each) + N * H of the vectors' LUT
+    indexes; every other parameter dense, normalization layers left out as for ours."""
+    dense = float(account(model).bits_before)
+    after = dense
+    for name, module in model.named_modules():
+        lut = dict(module.named_buffers(recurse=False)).get("_COREML_/weight/lut")
+        if lut is None:
+            continue
+        weight = module.weight.detach()
+        k, cd = lut.shape[-2], lut.shape[-1]
+        if lut.numel() != k * cd:
+            raise ValueError(f"{name}: per-group LUTs are not accounted here")
+        vectors = weight.movedim(0, -1).reshape(-1, cd)  # cd consecutive output channels at one input position
+        codes = torch.cdist(vectors.double(), lut.reshape(k, cd).double()).argmin(dim=1)
+        counts = torch.bincount(codes, minlength=k).double()
+        probs = counts[counts > 0] / counts.sum()
+        entropy = float(-(probs * probs.log2()).sum())
+        after -= weight.numel() * 32 - (k * cd * 32 + vectors.shape[0] * entropy)
+    return dense, after
+
+
+def _coreml_rows(args, pretrained, loop, target, d_row, input_shape) -> list[Row]:  # noqa: ANN001
+    """Post-training palettization and DKM fine-tuning, at the (n_bits, cluster_dim) closest to ``target``."""
+    try:
+        import coremltools.optimize.torch.palettization as pal
+    except ImportError:
+        return [Row("f. coremltools palettization", target, note="coremltools not installed: skipped")]
+    import logging
+
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    best = None
+    for n_bits in (1, 2, 3, 4):
+        for cd in (1, 2, 4, 8):
+            config = pal.PostTrainingPalettizerConfig.from_dict(
+                {"global_config": {"n_bits": n_bits, "cluster_dim": cd, "granularity": "per_tensor"}}
+            )
+            t = time.perf_counter()
+            model = pal.PostTrainingPalettizer(copy.deepcopy(pretrained), config).compress()
+            took = time.perf_counter() - t
+            dense, after = coreml_bits(model)
+            if best is None or abs(math.log(dense / after / target)) < abs(math.log(best[0] / target)):
+                best = (dense / after, n_bits, cd, model, took)
+    cr, n_bits, cd, model, took = best
+    _, acc = evaluate(model, loop.test, loop.device)
+    note = f"{n_bits}-bit LUT of {cd}-vectors (out channels)" + ("" if abs(cr / target - 1) <= 0.03 else ", off target")
+    ptq = Row("f. coremltools post-training k-means", target, [acc], cr, 0.0, 0.0, [took], note)
+    dkm_row = Row("f. coremltools DKMPalettizer", target, note=note)
+    budget = statistics.mean(d_row.seconds) if d_row.seconds else 60.0
+    config = pal.DKMPalettizerConfig.from_dict({"global_config": {"n_bits": n_bits, "cluster_dim": cd}})
+    palettizer = pal.DKMPalettizer(copy.deepcopy(pretrained), config)
+    prepared = palettizer.prepare()
+    opt = torch.optim.SGD(prepared.parameters(), lr=0.005, momentum=0.9)
+    t, steps = time.perf_counter(), 0
+    prepared.train()
+    while time.perf_counter() - t < budget:
+        for x, y in loop.train:
+            loss = nn.functional.cross_entropy(prepared(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            palettizer.step()
+            steps += 1
+            if time.perf_counter() - t >= budget:
+                break
+    final = palettizer.finalize()
+    _, acc = evaluate(final, loop.test, loop.device)
+    dense, after = coreml_bits(final)
+    dkm_row.add(acc, time.perf_counter() - t)
+    dkm_row.paper_cr = dense / after
+    dkm_row.note += f"; {steps} steps ({steps * loop.train.batch_size / len(loop.train.x):.2f} epochs) in d's wall time"
+    for r in (ptq, dkm_row):
+        print(f"  {target:g}x {r.method:<42} {_acc(r):>16}  paper CR {r.paper_cr:6.1f}x  ({r.note})", flush=True)
+    return [ptq, dkm_row]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the page
+
+
+def _plot(rows: list[Row], dense_acc: float, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8.5, 5.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.axhline(100 * (1 - dense_acc), color="gray", ls="--", lw=1, label=f"dense: {100 * (1 - dense_acc):.2f}%")
+    methods = list(dict.fromkeys(r.method for r in rows if r.accs))
+    for i, method in enumerate(methods):
+        points = [r for r in rows if r.method == method and r.accs]
+        xs = [r.paper_cr for r in points]
+        ys = [100 * (1 - statistics.mean(r.accs)) for r in points]
+        errs = [100 * (max(r.accs) - min(r.accs)) / 2 for r in points]
+        ax.errorbar(xs, ys, yerr=errs, marker="os^vDPX*"[i % 8], capsize=3, label=method)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("paper-accounting compression ratio")
+    ax.set_ylabel("test error (%), MNIST")
+    ax.set_title("WRN-16 on MNIST: test error vs size (lower left is better)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=110)
+
+
+def _reading(rows: list[Row], targets: list[float]) -> list[str]:
+    """Sentences read off the table (never written by hand, so they cannot drift from the numbers)."""
+    lines = []
+    for target in targets:
+        at = {r.method: r for r in rows if r.target == target and r.accs}
+        err = {m: 100 * (1 - statistics.mean(r.accs)) for m, r in at.items()}
+        best = min(err, key=err.get)
+        lines.append(f"- At ~{target:g}x the lowest test error is **{best}** ({err[best]:.2f}%).")
+        scalar, rows_ = err.get("a. scalar sharing (d = 1)"), err.get("b. row sharing (d = kernel width)")
+        if scalar is not None and rows_ is not None:
+            verdict = "beats" if rows_ < scalar else "does not beat"
+            lines.append(
+                f"  Without re-training, row sharing {verdict} scalar sharing at this size"
+                f" ({rows_:.2f}% vs {scalar:.2f}% error)."
+            )
+        spectral, kmeans = err.get("c. Deep k-Means, spectral penalty"), err.get("d. Deep k-Means, k-means penalty")
+        if spectral is not None and kmeans is not None:
+            lines.append(
+                f"  Re-training with the exact k-means penalty gives {kmeans:.2f}% error, the spectral penalty"
+                f" {spectral:.2f}% (it is zero for every layer with K >= d = 3, so it is plain fine-tuning there)."
+            )
+    return lines
+
+
+def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: list[Row], seconds: float) -> Path:  # noqa: ANN001
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot = out.with_suffix(".png")
+    _plot(rows, dense_acc, plot)
+    command = " ".join(["python benchmarks/convnet.py", *argv])
+    lines = [
+        "# Conv filter rows in a Wide ResNet: Deep k-Means against scalar sharing and a peer (MNIST)",
+        "",
+        f"**MNIST, not CIFAR-10.** `{name}`: WRN-16-{args.width} with WRN-16-4's 16 conv layers (the first block of"
+        " each stage keeps its 1x1 shortcut conv), 28x28 single-channel input, no dropout. Pre-trained for"
+        f" {args.pretrain_epochs} epoch(s) on the first 55,000 training images ({epoch_seconds:.0f} s per epoch"
+        " on this 2-core CPU); per-layer K and p chosen by `deepkmeans tune` on the last"
+        f" {args.val_images} of the 5,000 held-out training images, for each target size; the test set (10,000"
+        " images) is used only for the figures below.",
+        "",
+        f"Generated by `{command.strip()}` in {seconds / 60:.0f} min.",
+        "",
+        "| target | method | test accuracy (mean +- half range over seeds) | seeds | paper CR | file CR"
+        " | energy dense / shared | wall time | note |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| - | dense | {100 * dense_acc:.2f}% | 1 | 1x | 1x | 1x | - | |",
+    ]
+    for r in rows:
+        if not r.accs:
+            lines.append(f"| {r.target:g}x | {r.method} | - | - | - | - | - | - | {r.note} |")
+            continue
+        file_cr = f"{r.file_cr:.1f}x" if r.file_cr else "-"
+        energy = f"{r.energy:.2f}x" if r.energy else "-"
+        lines.append(
+            f"| {r.target:g}x | {r.method} | {_acc(r)} | {len(r.accs)} | {r.paper_cr:.1f}x | {file_cr} | {energy}"
+            f" | {statistics.mean(r.seconds):.0f} s | {r.note} |"
+        )
+    lines += [
+        "",
+        f"![test error vs compression ratio]({plot.name})",
+        "",
+        "Wall time: the method's own work (re-training, compression, fine-tuning), not the shared pre-training."
+        " Retraining rows: seeds set the k-means seed and the batch order. File CR: dense state dict bytes / the"
+        " .dkm file. Energy: the row-stationary model at batch 1 (`deepkmeans energy`).",
+        "",
+        "## Reading",
+        "",
+        *_reading(rows, args.targets),
+        "",
+        *_cifar_section(measure_step=not args.quick),
+    ]
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out} and {plot}")
+    return out
+
+
+def _cifar_section(measure_step: bool = True) -> list[str]:
+    """How to run the paper's experiment with this tool, with a measured CPU step time of WRN-16-4."""
+    from deepkmeans.models import build_model
+
+    if not measure_step:
+        return ["## The paper's experiment (WRN-16-4 on CIFAR-10)", "", "(Not measured in a quick run.)"]
+    torch.manual_seed(0)
+    model = build_model("wrn16_4")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 10, (128,))
+    times = []
+    for _ in range(4):
+        t = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t)
+    step = statistics.median(times[1:])
+    epoch = step * math.ceil(50_000 / 128)
+    return [
+        "## The paper's experiment (WRN-16-4 on CIFAR-10) with this tool",
+        "",
+        "With the `cifar-10-batches-py` folder in DIR and a GPU (install the PyTorch build for your CUDA first):",
+        "",
+        "```bash",
+        "deepkmeans run configs/wrn16_4_cifar10_cr47.yaml --data-dir DIR   # 200 epochs pre-training, 20 re-training",
+        "# optional, per-layer K / p tuned for 47x instead of the preset (needs validation: 5000 in the config):",
+        "deepkmeans tune runs/wrn16_4_cifar10_cr47/pretrain.ckpt --config configs/wrn16_4_cifar10_cr47.yaml \\",
+        "    --data-dir DIR --target-cr 47 -o tuned47.yaml",
+        "```",
+        "",
+        f"Measured here: one WRN-16-4 training step at batch 128 takes {step:.1f} s on this 2-core CPU, so an epoch of"
+        f" CIFAR-10 ({math.ceil(50_000 / 128)} steps) takes ~{epoch / 60:.0f} min and the presets' 220 epochs"
+        f" ~{220 * epoch / 3600 / 24:.0f} days: a GPU is needed. Compare the compressed accuracy with the one the"
+        " paper reports for the same preset (Wu et al. 2018, WRN-16-4 at 45x / 47x / 50x) and with the dense model"
+        " trained by the same config.",
+    ]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--width", type=int, default=1, choices=(1, 2))
+    p.add_argument("--targets", type=lambda s: [float(v) for v in s.split(",")], default=[47.0, 100.0])
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--pretrain-epochs", type=int, default=4)
+    p.add_argument("--retrain-epochs", type=int, default=2)
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--finetune-lr", type=float, default=0.0005)
+    p.add_argument("--lam", type=float, default=1.0)
+    p.add_argument("--validation", type=int, default=5000)
+    p.add_argument("--val-images", type=int, default=2000, help="validation images tune measures on")
+    p.add_argument("--ks", type=lambda s: tuple(int(v) for v in s.split(",")), default=(4, 8, 16, 32, 64))
+    p.add_argument("--ps", type=lambda s: tuple(float(v) for v in s.split(",")), default=(0.0, 0.5, 0.8, 0.95))
+    p.add_argument("--limit", type=int, help="use only the first N training and test images (smoke runs)")
+    p.add_argument("--data-dir", help="MNIST IDX files (default: the offline cache)")
+    p.add_argument("--work", default=str(ROOT / "runs" / "convnet"))
+    p.add_argument("--out", default=str(ROOT / "docs" / "convnet.md"))
+    p.add_argument("--skip-coreml", action="store_true")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch per stage, one seed, no peer")
+    return p
+
+
+if __name__ == "__main__":
+    main()

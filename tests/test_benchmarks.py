@@ -1,0 +1,39 @@
+"""Smoke runs of the benchmarks that produce committed pages: tiny data, one epoch, so they keep running."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):  # noqa: ANN202 - a module loaded from benchmarks/
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_convnet_benchmark_smoke(tmp_path: Path, mnist_dir: Path) -> None:
+    convnet = _script("convnet")
+    argv = ["--quick", "--data-dir", str(mnist_dir), "--limit", "128", "--validation", "64", "--val-images", "64"]
+    argv += [
+        "--targets",
+        "4",
+        "--ks",
+        "4,8",
+        "--ps",
+        "0,0.5",
+        "--work",
+        str(tmp_path / "w"),
+        "--out",
+        str(tmp_path / "c.md"),
+    ]
+    page = convnet.main(argv).read_text()
+    for method in ("a. scalar sharing (d = 1)", "b. row sharing", "c. Deep k-Means, spectral", "e. d + center"):
+        assert method in page
+    assert "MNIST, not CIFAR-10" in page and (tmp_path / "c.png").is_file()
