@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> Path:
     _, dense_acc = evaluate(pretrained, loop.test, loop.device)
     print(f"{name}: dense test accuracy {100 * dense_acc:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
     sens = {
-        "rows": _sensitivity(pretrained, val, loop, Grid(args.ks, args.ps, "kernel"), work / "sens_rows.json"),
+        "rows": _sensitivity(pretrained, val, loop, Grid(args.ks, args.ps), work / "sens_rows.json"),
         "scalar": _sensitivity(pretrained, val, loop, Grid(args.ks, args.ps, 1), work / "sens_scalar.json"),
     }
     rows: list[Row] = []
@@ -468,7 +468,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-lr", type=float, default=0.0005)
     p.add_argument("--lam", type=float, default=1.0)
     p.add_argument("--validation", type=int, default=5000)
-    p.add_argument("--val-images", type=int, default=2000, help="validation images tune measures on")
+    p.add_argument("--val-images", type=int, default=5000, help="validation images tune checks on")
     p.add_argument("--ks", type=lambda s: tuple(int(v) for v in s.split(",")), default=(4, 8, 16, 32, 64))
     p.add_argument("--ps", type=lambda s: tuple(float(v) for v in s.split(",")), default=(0.0, 0.5, 0.8, 0.95))
     p.add_argument("--limit", type=int, help="use only the first N training and test images (smoke runs)")

@@ -7,6 +7,7 @@ import json
 import sys
 import warnings
 from dataclasses import asdict, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from deepkmeans.errors import DeepKMeansError, PlanWarning
@@ -190,7 +191,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
         f"all together: paper CR {result.paper_cr:.1f}x (target {result.target_cr:.1f}x), validation accuracy"
         f" {100 * result.val_acc:.2f}% (dense {100 * result.dense_val_acc:.2f}%), {result.seconds:.0f}s"
     )
-    print(f"wrote {args.output}")
+    print(f"wrote {args.output} and its sensitivity table {Path(args.output).with_suffix('.sensitivity.md')}")
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:

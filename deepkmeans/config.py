@@ -18,6 +18,7 @@ import yaml
 from deepkmeans.errors import ConfigError
 
 METHODS = ("none", "spectral", "kmeans")
+OPTIMIZERS = ("sgd", "adam")
 APPLY = ("loss", "gradient")
 
 
@@ -96,15 +97,17 @@ class RegularizerConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training with SGD + momentum and a cosine learning-rate schedule."""
+    """Training with SGD + momentum (or Adam, its beta1 = momentum) and a cosine learning-rate schedule."""
 
     epochs: int = 4
     batch_size: int = 64
     lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"
 
     def __post_init__(self) -> None:
+        _require(self.optimizer in OPTIMIZERS, "optimizer", f"must be one of {', '.join(OPTIMIZERS)}", self.optimizer)
         _require(_is_int(self.epochs) and self.epochs >= 0, "epochs", "must be an integer >= 0", self.epochs)
         _require(
             _is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "must be an integer >= 1", self.batch_size
@@ -140,11 +143,16 @@ class RetrainConfig(TrainConfig):
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
     """Center fine-tuning after compression: the assignments stay fixed, the centers (and biases, BatchNorm)
-    are trained, each center by the gradient summed over its rows. The file size does not change."""
+    are trained, each center by the gradient summed over its rows. The file size does not change.
+
+    Adam by default: a center's gradient is summed over its rows, so a dominant cluster (sparsity p) gets a
+    gradient thousands of times larger than a small one, and one SGD learning rate cannot suit both.
+    """
 
     epochs: int = 0
-    lr: float = 0.0005  # small: a center's gradient is summed over its rows, a dominant cluster's over most rows
+    lr: float = 1e-4
     weight_decay: float = 0.0
+    optimizer: str = "adam"
 
 
 DATASETS = ("mnist", "cifar10")

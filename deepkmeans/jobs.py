@@ -135,7 +135,7 @@ def tune_checkpoint(
 ) -> TuneResult:
     """Choose per-layer K / p / d for a checkpoint on the last ``validation`` training images; writes a run config
     (``cfg`` with the chosen layers and the validation split) that run, retrain and compress accept."""
-    from deepkmeans.tune import tune
+    from deepkmeans.tune import sensitivity_table, tune
 
     check_writable(output)
     loaded = _checkpoint(checkpoint)
@@ -160,6 +160,7 @@ def tune_checkpoint(
     )
     tuned = replace(cfg, compress=result.config)
     write_atomic(output, yaml.safe_dump(to_dict(tuned), sort_keys=False).encode())
+    write_atomic(Path(output).with_suffix(".sensitivity.md"), (sensitivity_table(result) + "\n").encode())
     return result
 
 

@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 @dataclass
 class _Optimizer:
-    """SGD with momentum and a per-iteration cosine schedule over ``epochs * steps_per_epoch`` steps."""
+    """SGD with momentum (or Adam) and a per-iteration cosine schedule over ``epochs * steps_per_epoch`` steps."""
 
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
@@ -130,7 +130,10 @@ class _Optimizer:
     @classmethod
     def build(cls, model: nn.Module, cfg: TrainConfig, steps_per_epoch: int) -> _Optimizer:
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        if cfg.optimizer == "adam":
+            opt = torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         total = max(cfg.epochs * steps_per_epoch, 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
         return cls(opt, sched)
@@ -150,7 +153,8 @@ def _resume(
         raise DeepKMeansError(
             f"{checkpoint} holds a {state.get('stage')} run, not {stage}; delete it or choose another output path"
         )
-    changed = _differences(state.get("config", {}), {k: v for k, v in wanted.items() if k != "epochs"})
+    saved = {**asdict(type(cfg)()), **state.get("config", {})}  # a setting added since it was saved: its default
+    changed = _differences(saved, {k: v for k, v in wanted.items() if k != "epochs"})
     if changed:
         raise DeepKMeansError(
             f"{checkpoint} holds a {stage} run with other settings ({', '.join(changed)});"
@@ -162,7 +166,7 @@ def _resume(
     model.load_state_dict(state["model"])
     optim.opt.load_state_dict(state["optimizer"])
     optim.sched.load_state_dict(state["scheduler"])
-    saved_epochs = state.get("config", {}).get("epochs")
+    saved_epochs = saved.get("epochs")
     if saved_epochs != cfg.epochs and done < cfg.epochs:
         print(
             f"{stage}: extending {checkpoint} from {saved_epochs} to {cfg.epochs} epochs; the cosine schedule now"

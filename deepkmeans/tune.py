@@ -36,7 +36,7 @@ from deepkmeans.train import evaluate
 KS = (4, 8, 16, 32, 64, 128)
 PS = (0.0, 0.5, 0.8, 0.9, 0.95)
 LINEAR_DS = (1, 2, 5, 10, 20)
-SENSITIVITY_IMAGES = 2000  # validation examples each single-layer candidate is measured on (the joint check: all)
+SENSITIVITY_IMAGES = 1000  # validation examples each single-layer candidate is measured on (the joint check: all)
 GRID_STEPS = 12  # compression ratios tried (geometric up to the target) when searching a maximum accuracy drop
 
 
@@ -70,18 +70,18 @@ class TuneResult:
 @dataclass(frozen=True)
 class Grid:
     """The candidates tried per layer: centers ``ks``, sparsities ``ps`` and row lengths ``d``: None for the
-    kernel width and scalars for convolutions and small divisors of the input width for linear layers,
-    'kernel' for the kernel width only (the paper's rows; linear layers keep the default), or one length."""
+    kernel width of convolutions (the paper's rows) and small divisors of the input width of linear layers,
+    or one length for every layer (e.g. 1: scalar sharing)."""
 
     ks: tuple[int, ...] = KS
     ps: tuple[float, ...] = PS
-    d: int | str | None = None
+    d: int | None = None
 
     def row_lengths(self, shape: tuple[int, ...]) -> list[int]:
-        if isinstance(self.d, int):
+        if self.d is not None:
             return [self.d] if shape[-1] % self.d == 0 else []
         if len(shape) >= 3:
-            return [default_row_length(shape)] if self.d == "kernel" else sorted({1, default_row_length(shape)})
+            return [default_row_length(shape)]
         return [d for d in LINEAR_DS if shape[-1] % d == 0]
 
     def specs(self, shape: tuple[int, ...]) -> Iterable[LayerSpec]:
@@ -117,6 +117,32 @@ def sensitivities(
         loss, acc = evaluate(shared, val, device)
         out[name].append(Candidate(name, spec, row.bits_after, loss, acc))
     return out
+
+
+def pareto(cands: list[Candidate]) -> list[Candidate]:
+    """The candidates no other beats in both bits and validation loss, by increasing bits."""
+    front: list[Candidate] = []
+    for c in sorted(cands, key=lambda c: (c.bits, c.val_loss)):
+        if not front or c.val_loss < front[-1].val_loss:
+            front.append(c)
+    return front
+
+
+def sensitivity_table(result: TuneResult) -> str:
+    """Markdown: per layer, the Pareto-optimal candidates (what the allocation chooses from), the choice marked."""
+    lines = [
+        "| layer | K | p | d | paper bits | val loss, this layer alone shared | val accuracy | chosen |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, cands in result.candidates.items():
+        for c in pareto(cands):
+            spec = ("dense", "-", "-") if c.spec is None else (c.spec.K, f"{c.spec.p:g}", c.spec.d)
+            mark = "**yes**" if c == result.chosen[name] else ""
+            lines.append(
+                f"| {name} | {spec[0]} | {spec[1]} | {spec[2]} | {c.bits:.0f} | {c.val_loss:.4f}"
+                f" | {100 * c.val_acc:.2f}% | {mark} |"
+            )
+    return "\n".join(lines)
 
 
 def _layer_bits(model: nn.Module, name: str) -> float:

@@ -63,6 +63,8 @@ def test_tune_command_uses_validation_images_only_and_writes_a_config_run_accept
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "validation: the last 100 training images" in printed and "paper CR" in printed
+    table = out.with_suffix(".sensitivity.md").read_text()
+    assert all(f"| {n} |" in table for n in ("conv1", "conv2", "fc1", "fc2")) and table.count("**yes**") == 4
     tuned = load_config(out)
     assert tuned.validation == 100 and set(tuned.compress.layers) == {"conv1", "conv2", "fc1", "fc2"}
     assert main(["compress", str(tmp_path / "d.ckpt"), "--config", str(out), "-o", str(tmp_path / "t.dkm")]) == 0
@@ -72,7 +74,7 @@ def test_tune_command_uses_validation_images_only_and_writes_a_config_run_accept
 def test_center_finetuning_keeps_assignments_and_file_size(tmp_path: Path) -> None:
     data = make_mnist_dir(tmp_path / "mnist")
     config = _config(tmp_path, data)
-    config.write_text(config.read_text() + "finetune: {epochs: 1, batch_size: 32, lr: 0.001}\n")
+    config.write_text(config.read_text() + "finetune: {epochs: 1, batch_size: 32}\n")
     assert main(["run", str(config), "--no-progress"]) == 0
     run = tmp_path / "run"
     before, after = model_file.load(run / "model.dkm"), model_file.load(run / "finetuned.dkm")
