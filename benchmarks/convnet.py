@@ -15,6 +15,7 @@ Writes docs/convnet.md with the table, an accuracy-vs-CR plot and a reading of t
 
     python benchmarks/convnet.py [--width 1] [--seeds 2] [--targets 47,100] [--skip-coreml]
     python benchmarks/convnet.py --quick --data-dir DIR --out /tmp/convnet.md      # smoke run, seconds
+    python benchmarks/convnet.py --render      # the page again from runs/convnet/rows.json, nothing re-run
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ import torch
 from torch import nn
 
 from deepkmeans import DeepKMeans, account, compress, estimate_energy, measure
-from deepkmeans.config import FinetuneConfig, LayerSpec, RetrainConfig, RunConfig, TrainConfig
+from deepkmeans.config import CompressConfig, FinetuneConfig, LayerSpec, RetrainConfig, RunConfig, TrainConfig
 from deepkmeans.data import Batches
+from deepkmeans.errors import DeepKMeansError
 from deepkmeans.models import model_info
 from deepkmeans.pipeline import finetune, pretrain, start_session
 from deepkmeans.train import Loop, evaluate, fit
@@ -66,9 +68,9 @@ def _subset(batches: Batches, n: int) -> Batches:
     return Batches(batches.x[:n], batches.y[:n], batches.batch_size, False)
 
 
-def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, input_shape: tuple) -> Row:
+def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, input_shape: tuple, name: str) -> Row:
     """Accuracy of ``model`` read back from its file, both ratios and the energy ratio, added to ``row``."""
-    m = measure(model, loop.test, loop.device, save_to=path, meta={"name": "convnet"})
+    m = measure(model, loop.test, loop.device, save_to=path, meta={"name": name, "dataset": "mnist"})
     row.add(m.test_acc, seconds)
     row.paper_cr, row.file_cr = m.paper_cr, m.file_cr or 0.0
     row.energy = estimate_energy(model, input_shape).ratio
@@ -108,11 +110,40 @@ def _sensitivity(model: nn.Module, val: Batches, loop: Loop, grid: Grid, cache: 
     return cands
 
 
+# sparsities added for a family whose grid cannot reach a target (scalar sharing of a small network at 100x)
+EXTRA_PS = (0.98, 0.99)
+
+
+def _tuned(pretrained, val, loop, target, family, sens, grids, work) -> CompressConfig:  # noqa: ANN001
+    """The family's per-layer choice for ``target``; when its grid cannot reach the target, the grid gains the
+    sparsities ``EXTRA_PS`` (measured once, cached) and the choice is made again."""
+    try:
+        return tune(pretrained, val, loop.device, target_cr=target, candidates=sens[family]).config
+    except DeepKMeansError as exc:
+        print(f"  {family}: {exc}; adding p in {EXTRA_PS}", flush=True)
+    grid = replace(grids[family], ps=EXTRA_PS)
+    extra = _sensitivity(pretrained, val, loop, grid, work / f"sens_{family}_extra.json")
+    merged = {name: sens[family][name] + [c for c in extra[name] if c.spec is not None] for name in sens[family]}
+    return tune(pretrained, val, loop.device, target_cr=target, candidates=merged).config
+
+
+def _load_target(path: Path) -> dict[str, list[Row]]:
+    """Rows of one target size finished by an earlier run with the same work folder (a run resumes there)."""
+    if not path.is_file():
+        return {}
+    return {part: [Row(**r) for r in rows] for part, rows in json.loads(path.read_text()).items()}
+
+
+def _save_target(path: Path, done: dict[str, list[Row]]) -> None:
+    path.write_text(json.dumps({part: [asdict(r) for r in rows] for part, rows in done.items()}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> Path:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
-    if args.quick:
-        args = replace_args(args, pretrain_epochs=1, retrain_epochs=1, finetune_epochs=1, seeds=1, skip_coreml=True)
+    if args.render:
+        return _render(args)
+    args = _effective(args)
     warnings.simplefilter("ignore")
     started = time.perf_counter()
     work = Path(args.work)
@@ -135,25 +166,61 @@ def main(argv: list[str] | None = None) -> Path:
     epoch_seconds = statistics.median(e.seconds for e in log) if log else float("nan")
     _, dense_acc = evaluate(pretrained, loop.test, loop.device)
     print(f"{name}: dense test accuracy {100 * dense_acc:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
+    grids = {"rows": Grid(args.ks, args.ps), "scalar": Grid(args.ks, args.ps, 1)}
     sens = {
-        "rows": _sensitivity(pretrained, val, loop, Grid(args.ks, args.ps), work / "sens_rows.json"),
-        "scalar": _sensitivity(pretrained, val, loop, Grid(args.ks, args.ps, 1), work / "sens_scalar.json"),
+        family: _sensitivity(pretrained, val, loop, grid, work / f"sens_{family}.json")
+        for family, grid in grids.items()
     }
     rows: list[Row] = []
     for target in args.targets:
-        configs = {
-            family: tune(pretrained, val, loop.device, target_cr=target, candidates=cands).config
-            for family, cands in sens.items()
-        }
-        rows += _methods(args, cfg, pretrained, loop, configs, target, work, input_shape)
+        cache = work / f"rows_{target:g}x.json"
+        done = _load_target(cache)
+        if done:
+            args.resumed = [*getattr(args, "resumed", []), f"{target:g}x"]
+        if "methods" not in done:
+            configs = {family: _tuned(pretrained, val, loop, target, family, sens, grids, work) for family in sens}
+            done["methods"] = _methods(args, cfg, pretrained, loop, configs, target, work, input_shape)
+            _save_target(cache, done)
+        rows += done["methods"]
         if not args.skip_coreml:
-            rows += _coreml_rows(args, pretrained, loop, target, rows[-1], input_shape)
+            if "coreml" not in done:
+                done["coreml"] = _coreml_rows(args, pretrained, loop, target, done["methods"][-1], input_shape)
+                _save_target(cache, done)
+            rows += done["coreml"]
     seconds = time.perf_counter() - started
+    _save_rows(work / "rows.json", args, argv, name, dense_acc, epoch_seconds, rows, seconds)
     return _write(args, argv, name, dense_acc, epoch_seconds, rows, seconds)
 
 
-def replace_args(args: argparse.Namespace, **changes: object) -> argparse.Namespace:
-    return argparse.Namespace(**{**vars(args), **changes})
+def _save_rows(path: Path, args, argv, name, dense_acc, epoch_seconds, rows, seconds) -> None:  # noqa: ANN001
+    """Everything the page is made of, so that ``--render`` rebuilds it without re-running anything."""
+    data = {
+        "resumed": getattr(args, "resumed", []),
+        "argv": argv,
+        "name": name,
+        "dense_acc": dense_acc,
+        "epoch_seconds": epoch_seconds,
+        "seconds": seconds,
+        "rows": [asdict(r) for r in rows],
+    }
+    path.write_text(json.dumps(data, indent=1))
+
+
+def _render(args: argparse.Namespace) -> Path:
+    data = json.loads((Path(args.work) / "rows.json").read_text())
+    run_args = _effective(_parser().parse_args(data["argv"]))
+    run_args.out = args.out
+    run_args.resumed = data.get("resumed", [])
+    rows = [Row(**r) for r in data["rows"]]
+    return _write(run_args, data["argv"], data["name"], data["dense_acc"], data["epoch_seconds"], rows, data["seconds"])
+
+
+def _effective(args: argparse.Namespace) -> argparse.Namespace:
+    """The settings a run uses: ``--quick`` overrides the epochs, seeds and the peer."""
+    if not args.quick:
+        return args
+    quick = {"pretrain_epochs": 1, "retrain_epochs": 1, "finetune_epochs": 1, "seeds": 1, "skip_coreml": True}
+    return argparse.Namespace(**{**vars(args), **quick})
 
 
 def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) -> list[Row]:  # noqa: ANN001
@@ -170,6 +237,7 @@ def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) ->
             work / f"a_{tag}.dkm",
             time.perf_counter() - t,
             input_shape,
+            cfg.model,
         )
     )
     t = time.perf_counter()
@@ -182,6 +250,7 @@ def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) ->
             work / f"a_ft_{tag}.dkm",
             time.perf_counter() - t,
             input_shape,
+            cfg.model,
         )
     )
     t = time.perf_counter()
@@ -194,6 +263,7 @@ def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) ->
             work / f"b_{tag}.dkm",
             time.perf_counter() - t,
             input_shape,
+            cfg.model,
         )
     )
     for method, label in (
@@ -207,12 +277,18 @@ def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) ->
             _retrain(replace(cfg, compress=configs["rows"]), model, loop, method, seed)
             shared = compress(model, replace(configs["rows"], seed=seed))
             took = time.perf_counter() - t
-            _measured(row, shared, loop, work / f"{method}_{tag}_{seed}.dkm", took, input_shape)
+            _measured(row, shared, loop, work / f"{method}_{tag}_{seed}.dkm", took, input_shape, cfg.model)
             if method == "kmeans":
                 t = time.perf_counter()
                 finetune(cfg, shared, loop, work / f"e_{tag}_{seed}.ckpt", {})
                 _measured(
-                    tuned, shared, loop, work / f"e_{tag}_{seed}.dkm", took + time.perf_counter() - t, input_shape
+                    tuned,
+                    shared,
+                    loop,
+                    work / f"e_{tag}_{seed}.dkm",
+                    took + time.perf_counter() - t,
+                    input_shape,
+                    cfg.model,
                 )
         rows.append(row)
         if method == "kmeans":
@@ -285,7 +361,11 @@ def _coreml_rows(args, pretrained, loop, target, d_row, input_shape) -> list[Row
     ptq = Row("f. coremltools post-training k-means", target, [acc], cr, 0.0, 0.0, [took], note)
     dkm_row = Row("f. coremltools DKMPalettizer", target, note=note)
     budget = statistics.mean(d_row.seconds) if d_row.seconds else 60.0
-    config = pal.DKMPalettizerConfig.from_dict({"global_config": {"n_bits": n_bits, "cluster_dim": cd}})
+    # weight_threshold 0: every conv and linear layer palettized, as the post-training palettizer does (the
+    # default, 2048, leaves small layers dense and the model far larger than the target)
+    config = pal.DKMPalettizerConfig.from_dict(
+        {"global_config": {"n_bits": n_bits, "cluster_dim": cd, "weight_threshold": 0}}
+    )
     palettizer = pal.DKMPalettizer(copy.deepcopy(pretrained), config)
     prepared = palettizer.prepare()
     opt = torch.optim.SGD(prepared.parameters(), lr=0.005, momentum=0.9)
@@ -362,6 +442,20 @@ def _reading(rows: list[Row], targets: list[float]) -> list[str]:
                 f"  Re-training with the exact k-means penalty gives {kmeans:.2f}% error, the spectral penalty"
                 f" {spectral:.2f}% (it is zero for every layer with K >= d = 3, so it is plain fine-tuning there)."
             )
+        tuned, scalar_ft = err.get("e. d + center fine-tuning"), err.get("a. scalar sharing + center fine-tuning")
+        if tuned is not None and scalar_ft is not None:
+            verdict = "beats" if tuned < scalar_ft else "does not beat"
+            lines.append(
+                f"  With every stage applied, row sharing after Deep k-Means and center fine-tuning {verdict} scalar"
+                f" sharing with center fine-tuning ({tuned:.2f}% vs {scalar_ft:.2f}% error)."
+            )
+        for peer in ("f. coremltools post-training k-means", "f. coremltools DKMPalettizer"):
+            if peer in err and kmeans is not None:
+                r = at[peer]
+                lines.append(
+                    f"  {peer[3:]}: {err[peer]:.2f}% error at {r.paper_cr:.1f}x (Deep k-Means: {kmeans:.2f}% at"
+                    f" {at['d. Deep k-Means, k-means penalty'].paper_cr:.1f}x)."
+                )
     return lines
 
 
@@ -378,10 +472,17 @@ def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: 
         " each stage keeps its 1x1 shortcut conv), 28x28 single-channel input, no dropout. Pre-trained for"
         f" {args.pretrain_epochs} epoch(s) on the first 55,000 training images ({epoch_seconds:.0f} s per epoch"
         " on this 2-core CPU); per-layer K and p chosen by `deepkmeans tune` on the last"
-        f" {args.val_images} of the 5,000 held-out training images, for each target size; the test set (10,000"
+        f" {args.val_images} of the 5,000 held-out training images, for each target size (when a family's grid"
+        f" cannot reach a target, p in {EXTRA_PS} join its grid); the test set (10,000"
         " images) is used only for the figures below.",
         "",
-        f"Generated by `{command.strip()}` in {seconds / 60:.0f} min.",
+        f"Generated by `{command.strip()}` in {seconds / 60:.0f} min"
+        + (
+            f" (resuming the rows at {', '.join(args.resumed)} from an earlier run in the same work folder; their"
+            " wall times are that run's)."
+            if getattr(args, "resumed", None)
+            else "."
+        ),
         "",
         "| target | method | test accuracy (mean +- half range over seeds) | seeds | paper CR | file CR"
         " | energy dense / shared | wall time | note |",
@@ -477,6 +578,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(ROOT / "docs" / "convnet.md"))
     p.add_argument("--skip-coreml", action="store_true")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch per stage, one seed, no peer")
+    p.add_argument("--render", action="store_true", help="rebuild the page from WORK/rows.json of an earlier run")
     return p
 
 

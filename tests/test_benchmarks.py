@@ -37,3 +37,5 @@ def test_convnet_benchmark_smoke(tmp_path: Path, mnist_dir: Path) -> None:
     for method in ("a. scalar sharing (d = 1)", "b. row sharing", "c. Deep k-Means, spectral", "e. d + center"):
         assert method in page
     assert "MNIST, not CIFAR-10" in page and (tmp_path / "c.png").is_file()
+    rendered = convnet.main(["--render", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "c.md")])
+    assert rendered.read_text() == page  # the page is rebuilt from the saved rows alone
