@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import deepkmeans.tune as tune_module
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.config import load_config
@@ -49,7 +50,7 @@ def test_allocation_prefers_cheap_loss() -> None:
 
 
 def test_tune_command_uses_validation_images_only_and_writes_a_config_run_accepts(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data = make_mnist_dir(tmp_path / "mnist", n_train=300, n_test=64)
     test_images = data / "t10k-images-idx3-ubyte"
@@ -59,8 +60,17 @@ def test_tune_command_uses_validation_images_only_and_writes_a_config_run_accept
     assert main(["train", "--config", str(config), "-o", str(tmp_path / "d.ckpt")]) == 0
     assert load_checkpoint(tmp_path / "d.ckpt")["meta"]["validation"] == 100
     out = tmp_path / "tuned.yaml"
+    seen: list[int] = []
+    real_evaluate = tune_module.evaluate
+
+    def recording_evaluate(model, batches, device):  # noqa: ANN001, ANN202
+        seen.append(len(batches.x))
+        return real_evaluate(model, batches, device)
+
+    monkeypatch.setattr(tune_module, "evaluate", recording_evaluate)
     argv = ["tune", str(tmp_path / "d.ckpt"), "--config", str(config), "--target-cr", "20", "-o", str(out)]
     assert main(argv) == 0
+    assert seen and set(seen) == {100}  # every measurement on the 100 validation images, none on the 64 test ones
     printed = capsys.readouterr().out
     assert "validation: the last 100 training images" in printed and "paper CR" in printed
     table = out.with_suffix(".sensitivity.md").read_text()
