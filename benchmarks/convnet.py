@@ -68,12 +68,12 @@ def _subset(batches: Batches, n: int) -> Batches:
     return Batches(batches.x[:n], batches.y[:n], batches.batch_size, False)
 
 
-def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, input_shape: tuple, name: str) -> Row:
+def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, name: str) -> Row:
     """Accuracy of ``model`` read back from its file, both ratios and the energy ratio, added to ``row``."""
     m = measure(model, loop.test, loop.device, save_to=path, meta={"name": name, "dataset": "mnist"})
     row.add(m.test_acc, seconds)
     row.paper_cr, row.file_cr = m.paper_cr, m.file_cr or 0.0
-    row.energy = estimate_energy(model, input_shape).ratio
+    row.energy = estimate_energy(model, model_info(name).input_shape).ratio
     return row
 
 
@@ -149,7 +149,6 @@ def main(argv: list[str] | None = None) -> Path:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     name = f"wrn16_{args.width}_mnist"
-    input_shape = model_info(name).input_shape
     cfg = RunConfig(
         model=name,
         data_dir=args.data_dir,
@@ -179,12 +178,12 @@ def main(argv: list[str] | None = None) -> Path:
             args.resumed = [*getattr(args, "resumed", []), f"{target:g}x"]
         if "methods" not in done:
             configs = {family: _tuned(pretrained, val, loop, target, family, sens, grids, work) for family in sens}
-            done["methods"] = _methods(args, cfg, pretrained, loop, configs, target, work, input_shape)
+            done["methods"] = _methods(args, cfg, pretrained, loop, configs, target, work)
             _save_target(cache, done)
         rows += done["methods"]
         if not args.skip_coreml:
             if "coreml" not in done:
-                done["coreml"] = _coreml_rows(args, pretrained, loop, target, done["methods"][-1], input_shape)
+                done["coreml"] = _coreml_rows(args, pretrained, loop, target, done["methods"][-1])
                 _save_target(cache, done)
             rows += done["coreml"]
     seconds = time.perf_counter() - started
@@ -229,49 +228,25 @@ def _effective(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **quick})
 
 
-def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) -> list[Row]:  # noqa: ANN001
+def _methods(args, cfg, pretrained, loop, configs, target, work) -> list[Row]:  # noqa: ANN001
     """Rows a to e at one target size."""
-    rows = []
     tag = f"{target:g}x"
+
+    def measured(row: Row, model: nn.Module, file: str, seconds: float) -> Row:
+        return _measured(row, model, loop, work / file, seconds, cfg.model)
+
+    rows = []
     t = time.perf_counter()
     scalar = compress(pretrained, replace(configs["scalar"], seed=0))
-    rows.append(
-        _measured(
-            Row("a. scalar sharing (d = 1)", target),
-            scalar,
-            loop,
-            work / f"a_{tag}.dkm",
-            time.perf_counter() - t,
-            input_shape,
-            cfg.model,
-        )
-    )
+    rows.append(measured(Row("a. scalar sharing (d = 1)", target), scalar, f"a_{tag}.dkm", time.perf_counter() - t))
     t = time.perf_counter()
     finetune(replace(cfg, compress=configs["scalar"]), scalar, loop, work / f"a_ft_{tag}.ckpt", {})
-    rows.append(
-        _measured(
-            Row("a. scalar sharing + center fine-tuning", target),
-            scalar,
-            loop,
-            work / f"a_ft_{tag}.dkm",
-            time.perf_counter() - t,
-            input_shape,
-            cfg.model,
-        )
-    )
+    row = Row("a. scalar sharing + center fine-tuning", target)
+    rows.append(measured(row, scalar, f"a_ft_{tag}.dkm", time.perf_counter() - t))
     t = time.perf_counter()
     rowshared = compress(pretrained, replace(configs["rows"], seed=0))
-    rows.append(
-        _measured(
-            Row("b. row sharing (d = kernel width)", target),
-            rowshared,
-            loop,
-            work / f"b_{tag}.dkm",
-            time.perf_counter() - t,
-            input_shape,
-            cfg.model,
-        )
-    )
+    row = Row("b. row sharing (d = kernel width)", target)
+    rows.append(measured(row, rowshared, f"b_{tag}.dkm", time.perf_counter() - t))
     for method, label in (
         ("spectral", "c. Deep k-Means, spectral penalty"),
         ("kmeans", "d. Deep k-Means, k-means penalty"),
@@ -283,19 +258,11 @@ def _methods(args, cfg, pretrained, loop, configs, target, work, input_shape) ->
             _retrain(replace(cfg, compress=configs["rows"]), model, loop, method, seed)
             shared = compress(model, replace(configs["rows"], seed=seed))
             took = time.perf_counter() - t
-            _measured(row, shared, loop, work / f"{method}_{tag}_{seed}.dkm", took, input_shape, cfg.model)
+            measured(row, shared, f"{method}_{tag}_{seed}.dkm", took)
             if method == "kmeans":
                 t = time.perf_counter()
                 finetune(cfg, shared, loop, work / f"e_{tag}_{seed}.ckpt", {})
-                _measured(
-                    tuned,
-                    shared,
-                    loop,
-                    work / f"e_{tag}_{seed}.dkm",
-                    took + time.perf_counter() - t,
-                    input_shape,
-                    cfg.model,
-                )
+                measured(tuned, shared, f"e_{tag}_{seed}.dkm", took + time.perf_counter() - t)
         rows.append(row)
         if method == "kmeans":
             rows.append(tuned)
@@ -340,7 +307,7 @@ def coreml_bits(model: nn.Module) -> tuple[float, float]:
     return dense, after
 
 
-def _coreml_rows(args, pretrained, loop, target, d_row, input_shape) -> list[Row]:  # noqa: ANN001
+def _coreml_rows(args, pretrained, loop, target, d_row) -> list[Row]:  # noqa: ANN001
     """Post-training palettization and DKM fine-tuning, at the (n_bits, cluster_dim) closest to ``target``."""
     try:
         import coremltools.optimize.torch.palettization as pal
