@@ -208,7 +208,10 @@ def _save_rows(path: Path, args, argv, name, dense_acc, epoch_seconds, rows, sec
 
 
 def _render(args: argparse.Namespace) -> Path:
-    data = json.loads((Path(args.work) / "rows.json").read_text())
+    saved = Path(args.work) / "rows.json"
+    if not saved.is_file():
+        raise SystemExit(f"convnet.py: {saved}: no rows of an earlier run to render (run the benchmark first)")
+    data = json.loads(saved.read_text())
     run_args = _effective(_parser().parse_args(data["argv"]))
     run_args.out = args.out
     run_args.resumed = data.get("resumed", [])
