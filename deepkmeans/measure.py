@@ -29,6 +29,7 @@ class Measurement:
     accounting: Accounting
     path: str | None = None  # the file written and read back, if any
     bitwise_equal: bool | None = None  # the model read back equals the one written, tensor for tensor
+    val_acc: float | None = None  # accuracy on the validation split (held-out training images), if given
 
     @property
     def paper_cr(self) -> float:
@@ -63,12 +64,14 @@ def measure(
     save_to: str | Path | None = None,
     meta: dict[str, Any] | None = None,
     file_bytes: int | None = None,
+    val: Batches | None = None,
 ) -> Measurement:
     """Evaluate ``model`` on ``batches`` and account for its bits; ``model`` is left as it was.
 
     ``save_to``: write the compressed file there first (with ``meta``), read it back, and evaluate what was
     read. ``file_bytes``: the size of the file ``model`` came from, when it was not written here.
-    ``device``: where to evaluate (a copy is moved there when the model lives elsewhere).
+    ``device``: where to evaluate (a copy is moved there when the model lives elsewhere). ``val``: validation
+    batches (held-out training images) the same model is also evaluated on, for choices made without the test set.
     """
     subject, equal, path = model, None, None
     if save_to is not None:
@@ -79,4 +82,5 @@ def measure(
     if _device_of(subject) != device:
         subject = (copy_module(subject) if subject is model else subject).to(device)
     loss, acc = evaluate(subject, batches, device)
-    return Measurement(acc, loss, account(model, file_bytes), path, equal)
+    val_acc = None if val is None else evaluate(subject, val, device)[1]
+    return Measurement(acc, loss, account(model, file_bytes), path, equal, val_acc)

@@ -94,12 +94,12 @@ def retrain(
 
 
 def compress_and_measure(
-    model: nn.Module, cfg: RunConfig, loop: Loop, path: Path, meta: dict[str, Any]
+    model: nn.Module, cfg: RunConfig, loop: Loop, path: Path, meta: dict[str, Any], val: Batches | None = None
 ) -> tuple[nn.Module, Measurement]:
     """Compress a CPU copy of ``model`` (the file does not depend on the device), write it, read it back and
-    evaluate what was read."""
+    evaluate what was read (on the test set, and on ``val`` when given)."""
     shared = compress(copy.deepcopy(model).cpu(), cfg.compress, inplace=True)
-    return shared, measure(shared, loop.test, loop.device, save_to=path, meta=meta)
+    return shared, measure(shared, loop.test, loop.device, save_to=path, meta=meta, val=val)
 
 
 def finetune(
@@ -157,13 +157,15 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     meta = model_meta(cfg)
     model, pretrain_log = pretrain(cfg, session, files / RunFiles.PRETRAIN)
     dense_loss, dense_acc = evaluate(model, loop.test, loop.device)
+    val = session.val
+    dense_val = None if val is None else evaluate(model, val, loop.device)[1]
     stages: list[StageMetrics] = []
     if rank.is_main:
-        print(f"dense model: test accuracy {100 * dense_acc:.2f}% (loss {dense_loss:.4f})")
-        _, m = compress_and_measure(model, cfg, loop, files / RunFiles.NO_RETRAIN, meta)
+        print(f"dense model: test accuracy {100 * dense_acc:.2f}% (loss {dense_loss:.4f}){_val_text(dense_val)}")
+        _, m = compress_and_measure(model, cfg, loop, files / RunFiles.NO_RETRAIN, meta, val)
         stages.append(StageMetrics.of("compressed, no re-training", RunFiles.PRETRAIN, m))
         print(
-            f"compressed without re-training: test accuracy {100 * m.test_acc:.2f}%,"
+            f"compressed without re-training: test accuracy {100 * m.test_acc:.2f}%{_val_text(m.val_acc)},"
             f" paper CR {m.paper_cr:.1f}x, file CR {m.file_cr:.1f}x"
         )
         final = m
@@ -173,10 +175,10 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
         retrain_log, _ = retrain(cfg, model, session, files / RunFiles.RETRAIN, meta)
         hardness.update({str(e.epoch): e.extra["hardness"] for e in retrain_log})
         if rank.is_main:
-            _, final = compress_and_measure(model, cfg, loop, files / RunFiles.MODEL, meta)
+            _, final = compress_and_measure(model, cfg, loop, files / RunFiles.MODEL, meta, val)
             label = f"re-trained ({cfg.retrain.method}) + compressed"
             stages.append(StageMetrics.of(label, RunFiles.RETRAIN, final))
-            print(f"{label}: test accuracy {100 * final.test_acc:.2f}%")
+            print(f"{label}: test accuracy {100 * final.test_acc:.2f}%{_val_text(final.val_acc)}")
     if not rank.is_main:
         distributed.barrier()
         return None
@@ -184,23 +186,25 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     if cfg.finetune.epochs > 0:
         compressed = load_model_file(files / stages[-1].file).model
         finetune_log = finetune(cfg, compressed, loop, files / RunFiles.FINETUNE, meta)
-        final = measure(compressed, loop.test, loop.device, save_to=files / RunFiles.FINETUNED, meta=meta)
+        final = measure(compressed, loop.test, loop.device, save_to=files / RunFiles.FINETUNED, meta=meta, val=val)
         stages.append(StageMetrics.of(f"{stages[-1].label}, centers fine-tuned", stages[-1].source, final))
-        print(f"{stages[-1].label}: test accuracy {100 * final.test_acc:.2f}% (same file size)")
+        print(
+            f"{stages[-1].label}: test accuracy {100 * final.test_acc:.2f}%{_val_text(final.val_acc)} (same file size)"
+        )
     print(layer_table(final.accounting) + "\n\n" + ratio_summary(final.accounting))
     energy = _energy(files, stages[-1], model_info(cfg.model).input_shape)
     print(
         f"energy (row-stationary model, batch 1): dense {energy.dense:.4g},"
         f" shared {energy.shared:.4g} (1 = one 16-bit MAC): {energy.ratio:.2f}x less"
     )
-    print(_summary(dense_acc, stages))
+    print(_summary(dense_acc, dense_val, stages))
     metrics = RunMetrics(
         config=to_dict(cfg),
         quick=quick,
         device=str(loop.device),
         world_size=rank.world_size,
         seconds=time.perf_counter() - started,
-        dense=DenseMetrics(dense_acc, dense_loss),
+        dense=DenseMetrics(dense_acc, dense_loss, dense_val),
         stages=stages,
         hardness=hardness,
         pretrain_log=pretrain_log,
@@ -215,12 +219,19 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     return metrics
 
 
-def _summary(dense_acc: float, stages: list[StageMetrics]) -> str:
+def _val_text(val_acc: float | None) -> str:
+    return "" if val_acc is None else f", validation accuracy {100 * val_acc:.2f}%"
+
+
+def _summary(dense_acc: float, dense_val: float | None, stages: list[StageMetrics]) -> str:
+    def val(acc: float | None) -> str:
+        return "" if acc is None else f"  validation {100 * acc:6.2f}%"
+
     lines = ["", "summary (accuracy of the model decompressed from its file):"]
-    lines.append(f"  {'dense':<36} test accuracy {100 * dense_acc:6.2f}%")
+    lines.append(f"  {'dense':<36} test accuracy {100 * dense_acc:6.2f}%{val(dense_val)}")
     for s in stages:
         ratios = f"paper CR {s.paper_cr:6.1f}x  file CR {s.file_cr:6.1f}x"
-        lines.append(f"  {s.label:<36} test accuracy {100 * s.test_acc:6.2f}%  {ratios}")
+        lines.append(f"  {s.label:<36} test accuracy {100 * s.test_acc:6.2f}%{val(s.val_acc)}  {ratios}")
     lines.append(
         "  decompressed weights bit-identical to the in-memory weight-shared model: "
         + ("yes" if stages[-1].bitwise_equal else "NO")

@@ -50,6 +50,7 @@ class StageMetrics:
     bitwise_equal: bool  # read back from the file == the in-memory weight-shared model
     index_bits: int  # real rANS streams, all layers
     index_bits_ideal: float  # sum of N*H
+    val_acc: float | None = None  # on the validation split (config `validation: N`), when the run held one out
 
     @classmethod
     def of(cls, label: str, source: str, m: Measurement) -> StageMetrics:
@@ -66,6 +67,7 @@ class StageMetrics:
             bool(m.bitwise_equal),
             acc.index_bits,
             acc.index_bits_ideal,
+            m.val_acc,
         )
 
 
@@ -73,6 +75,7 @@ class StageMetrics:
 class DenseMetrics:
     test_acc: float
     test_loss: float
+    val_acc: float | None = None
 
 
 @dataclass(frozen=True)

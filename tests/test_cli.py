@@ -30,6 +30,7 @@ def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureF
     run = tmp_path / "run"
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["dense"]["test_acc"] > 0.5  # synthetic digits are easy
+    assert metrics["dense"]["val_acc"] is None and metrics["stages"][0]["val_acc"] is None  # nothing held out
     final = metrics["stages"][-1]
     assert final["paper_cr"] > 1 and final["file"] == "model.dkm"
     assert len(metrics["retrain_log"]) == 1 and "hardness" in metrics["retrain_log"][0]["extra"]

@@ -10,8 +10,10 @@ import deepkmeans.tune as tune_module
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.config import load_config
-from deepkmeans.data import Batches
-from deepkmeans.train import load_checkpoint
+from deepkmeans.data import Batches, load_splits
+from deepkmeans.files import load_model_file
+from deepkmeans.runs import RunFiles, RunMetrics
+from deepkmeans.train import evaluate, load_checkpoint
 from deepkmeans.tune import Candidate, allocate, tune
 from tests.conftest import make_mnist_dir
 from tests.test_cli import _config
@@ -84,9 +86,17 @@ def test_tune_command_uses_validation_images_only_and_writes_a_config_run_accept
 def test_center_finetuning_keeps_assignments_and_file_size(tmp_path: Path) -> None:
     data = make_mnist_dir(tmp_path / "mnist")
     config = _config(tmp_path, data)
-    config.write_text(config.read_text() + "finetune: {epochs: 1, batch_size: 32}\n")
+    config.write_text(config.read_text() + "finetune: {epochs: 1, batch_size: 32}\nvalidation: 100\n")
     assert main(["run", str(config), "--no-progress"]) == 0
     run = tmp_path / "run"
+    # every model of the run is also measured on the held-out images, the figure settings are chosen by
+    metrics = RunMetrics.read(RunFiles(run))
+    val = load_splits("mnist", data, 32, validation=100).val
+    assert val is not None and len(val.x) == 100
+    assert metrics.dense.val_acc is not None and [s.file for s in metrics.stages][-1] == "finetuned.dkm"
+    for stage in metrics.stages:
+        assert stage.val_acc == evaluate(load_model_file(run / stage.file).model, val, torch.device("cpu"))[1]
+    assert "validation accuracy" in (run / "report.md").read_text()
     before, after = model_file.load(run / "model.dkm"), model_file.load(run / "finetuned.dkm")
     assert (run / "model.dkm").stat().st_size == (run / "finetuned.dkm").stat().st_size
     for name, code in before.layers.items():

@@ -89,19 +89,26 @@ def _header(files: RunFiles, metrics: RunMetrics) -> list[str]:
 def _accuracy_section(metrics: RunMetrics, stages: list[Stage]) -> list[str]:
     dense_acc = metrics.dense.test_acc
     dense_bytes = next((s.accounting.dense_bytes for s in stages if s.accounting is not None), None)
+    has_val = metrics.dense.val_acc is not None
+
+    def val(acc: float | None) -> str:
+        return f" {_pct(acc) if acc is not None else '-'} |" if has_val else ""
+
     lines = [
         "## Accuracy and compression",
         "",
-        "| model | test accuracy | test error | change vs dense | paper CR | file CR | bytes |",
-        "|---|---|---|---|---|---|---|",
-        f"| dense (pre-trained) | {_pct(dense_acc)} | {_pct(1 - dense_acc)} | - | 1x | 1x "
+        "| model | test accuracy | test error | change vs dense |"
+        + (" validation accuracy |" if has_val else "")
+        + " paper CR | file CR | bytes |",
+        "|---|---|---|---|" + ("---|" if has_val else "") + "---|---|---|",
+        f"| dense (pre-trained) | {_pct(dense_acc)} | {_pct(1 - dense_acc)} | - |{val(metrics.dense.val_acc)} 1x | 1x "
         f"| {dense_bytes if dense_bytes is not None else '-'} (dense state dict) |",
     ]
     for stage in stages:
         m = stage.metrics
         lines.append(
             f"| {stage.label} | {_pct(m.test_acc)} | {_pct(1 - m.test_acc)} "
-            f"| {100 * (m.test_acc - dense_acc):+.2f} points | {m.paper_cr:.1f}x | {m.file_cr:.1f}x "
+            f"| {100 * (m.test_acc - dense_acc):+.2f} points |{val(m.val_acc)} {m.paper_cr:.1f}x | {m.file_cr:.1f}x "
             f"| {m.file_bytes} (`{stage.file.name}`) |"
         )
     lines += [
@@ -109,6 +116,12 @@ def _accuracy_section(metrics: RunMetrics, stages: list[Stage]) -> list[str]:
         "Paper CR: dense bits / (K*d*32 + N*H + bias bits) over all parameters but normalization layers (H: entropy"
         " of the assignments). File CR: bytes of the dense state dict / bytes of the compressed file.",
     ]
+    if has_val:
+        lines += [
+            "",
+            f"Validation accuracy: on the last {metrics.config.get('validation')} training images, held out of"
+            " training; the figure to choose settings by (the test set is for reporting only).",
+        ]
     if metrics.finetune_log:
         lines += [
             "",
