@@ -65,6 +65,28 @@ PUBLISHED_ANCHORS: dict[tuple[str, str], tuple[Anchor, ...]] = {
             " Trained Quantization and Huffman Coding. ICLR 2016 (arXiv:1510.00149), Table 1, LeNet-5.",
         ),
     ),
+    ("lenet300_100", "mnist"): (
+        Anchor(
+            "lenet300_100",
+            "mnist",
+            "Soft weight-sharing",
+            "Ullrich et al. 2017",
+            64.0,
+            1.94,
+            "K. Ullrich, E. Meeds, M. Welling. Soft Weight-Sharing for Neural Network Compression. ICLR 2017"
+            " (arXiv:1702.04008), Table 1, LeNet-300-100.",
+        ),
+        Anchor(
+            "lenet300_100",
+            "mnist",
+            "Deep Compression",
+            "Han et al. 2016",
+            40.0,
+            1.58,
+            "S. Han, H. Mao, W. J. Dally. Deep Compression: Compressing Deep Neural Networks with Pruning,"
+            " Trained Quantization and Huffman Coding. ICLR 2016 (arXiv:1510.00149), Table 1, LeNet-300-100.",
+        ),
+    ),
 }
 
 

@@ -85,3 +85,4 @@ def test_sweep_without_files_and_with_anchors(tmp_path: Path) -> None:
         assert f"{anchor.paper_cr:g}x" in text and f"{anchor.error_pct:g}%" in text
     assert "not measured here" in text
     assert anchors_for("wrn16_4", "cifar10") == ()
+    assert {(a.paper_cr, a.error_pct) for a in anchors_for("lenet300_100", "mnist")} == {(64.0, 1.94), (40.0, 1.58)}
