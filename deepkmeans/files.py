@@ -159,7 +159,7 @@ def load_model_file(path: str | Path, materialize: bool = False) -> LoadedModel:
         return LoadedModel(model, cm.model.get("name"), cm.model.get("dataset"), True, size, dict(cm.model))
     state = load_checkpoint(path)
     meta = dict(state.get("meta", {}))
-    name = meta.get("model")
+    name = meta.get("model", meta.get("name"))  # "name": re-training checkpoints of runs before this was fixed
     if not isinstance(name, str):
         raise DeepKMeansError(f"{path}: checkpoint does not name its model architecture")
     model = build_model(name)

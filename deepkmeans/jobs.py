@@ -22,7 +22,7 @@ from deepkmeans.files import LoadedModel, load_model_file, save
 from deepkmeans.lifecycle import compress
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.models import build_model, model_info
-from deepkmeans.pipeline import model_meta, pretrain, retrain, start_session
+from deepkmeans.pipeline import checkpoint_meta, model_meta, pretrain, retrain, start_session
 from deepkmeans.sweep import SweepPoint, run_points, sweep
 from deepkmeans.train import EpochLog, pick_device
 
@@ -51,7 +51,9 @@ def retrain_checkpoint(checkpoint: str | Path, cfg: RunConfig, output: str | Pat
     check_writable(output)
     loaded = _checkpoint(checkpoint)
     session = start_session(cfg, cfg.retrain.batch_size, dataset=loaded.dataset)
-    meta = {"model": loaded.name, "dataset": loaded.dataset}
+    # images held out of both stages: both hold out the last ones, so the smaller count
+    held_out = min(int(loaded.meta.get("validation", 0)), cfg.validation)
+    meta = checkpoint_meta(loaded.name, loaded.dataset, held_out)
     log, _ = retrain(cfg, loaded.model, session, Path(output), meta, verbose=True)
     return log
 

@@ -53,7 +53,14 @@ def start_session(
 
 
 def model_meta(cfg: RunConfig, dataset: str | None = None) -> dict[str, Any]:
+    """What a compressed file records of its model (``name`` rebuilds the architecture on load)."""
     return {"name": cfg.model, "dataset": dataset or cfg.dataset}
+
+
+def checkpoint_meta(model: str | None, dataset: str | None, validation: int) -> dict[str, Any]:
+    """What a training checkpoint records: the architecture ``load_model_file`` rebuilds, its dataset, and the
+    number of last training images held out of its training (``tune`` checks it)."""
+    return {"model": model, "dataset": dataset, "validation": validation}
 
 
 def pretrain(cfg: RunConfig, session: Session, checkpoint: Path) -> tuple[nn.Module, list[EpochLog]]:
@@ -61,7 +68,7 @@ def pretrain(cfg: RunConfig, session: Session, checkpoint: Path) -> tuple[nn.Mod
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model).to(session.device)
     wrapped = distributed.wrap(model, session.rank, session.device)
-    meta = {"model": cfg.model, "dataset": cfg.dataset, "validation": cfg.validation}
+    meta = checkpoint_meta(cfg.model, cfg.dataset, cfg.validation)
     log = fit(wrapped, session.loop, cfg.train, stage="pretrain", checkpoint=checkpoint, meta=meta)
     return model, log
 
@@ -172,7 +179,8 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     hardness = {"0": {r.name: r.hardness for r in DeepKMeans(model, cfg.compress).report()}}
     retrain_log: list[EpochLog] = []
     if cfg.retrain.epochs > 0:
-        retrain_log, _ = retrain(cfg, model, session, files / RunFiles.RETRAIN, meta)
+        ckpt_meta = checkpoint_meta(cfg.model, cfg.dataset, cfg.validation)
+        retrain_log, _ = retrain(cfg, model, session, files / RunFiles.RETRAIN, ckpt_meta)
         hardness.update({str(e.epoch): e.extra["hardness"] for e in retrain_log})
         if rank.is_main:
             _, final = compress_and_measure(model, cfg, loop, files / RunFiles.MODEL, meta, val)

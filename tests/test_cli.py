@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from deepkmeans.cli import main
+from deepkmeans.train import load_checkpoint
 
 
 def _config(tmp_path: Path, mnist_dir: Path, retrain_epochs: int = 1) -> Path:
@@ -24,7 +25,8 @@ def _config(tmp_path: Path, mnist_dir: Path, retrain_epochs: int = 1) -> Path:
 
 
 def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["run", str(_config(tmp_path, mnist_dir)), "--no-progress"]) == 0
+    config = _config(tmp_path, mnist_dir)
+    assert main(["run", str(config), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "paper-accounting CR" in out and "file CR" in out
     run = tmp_path / "run"
@@ -59,6 +61,15 @@ def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureF
     assert points[-1]["test_acc"] == pytest.approx(final["test_acc"])
     assert (sweep_dir / "sweep.png").is_file()
     assert main([*argv, "--scales", "x"]) == 2
+    for ckpt in ("retrain.ckpt", "pretrain.ckpt"):  # every checkpoint of a run names its architecture
+        assert load_checkpoint(run / ckpt)["meta"]["model"] == "lenet5_caffe"
+        assert main([*argv[:1], str(run / ckpt), *argv[2:], "--scales", "1", "--p-offsets", ""]) == 0
+        assert main(["retrain", str(run / ckpt), "--config", str(config), "-o", str(tmp_path / f"re_{ckpt}")]) == 0
+        assert load_checkpoint(tmp_path / f"re_{ckpt}")["meta"] == {
+            "model": "lenet5_caffe",
+            "dataset": "mnist",
+            "validation": 0,
+        }
 
 
 def test_train_resumes(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
