@@ -365,36 +365,71 @@ def plot_hardness(history: Mapping[int, Mapping[str, float]], path: str | Path) 
     return _save(fig, path)
 
 
+_RUN_COLORS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd", "#c44e52")
+
+
+def _run_stage_marker(stage: str) -> tuple[str, bool]:
+    """Marker and fill for a run's stage: hollow circle before re-training, diamond after, plus after fine-tuning."""
+    if "fine-tuned" in stage:
+        return "P", True
+    if "no re-training" in stage:
+        return "o", False
+    return "D", True
+
+
+def _plot_runs(ax: Axes, runs: Sequence[SweepPoint]) -> None:
+    """Models of run folders: one color per run (in the legend), one marker per stage (keyed in the legend)."""
+    names = list(dict.fromkeys(pt.name.split(": ", 1)[0] for pt in runs))
+    for i, name in enumerate(names):
+        color = _RUN_COLORS[i % len(_RUN_COLORS)]
+        for pt in (pt for pt in runs if pt.name.split(": ", 1)[0] == name):
+            marker, filled = _run_stage_marker(pt.name.split(": ", 1)[-1])
+            ax.plot(
+                pt.paper_cr,
+                pt.error_pct,
+                marker=marker,
+                markersize=8,
+                ls="none",
+                color=color,
+                markerfacecolor=color if filled else "none",
+            )
+        ax.plot([], [], marker="s", ls="none", color=color, label=f"run {name}")
+    seen = sorted({_run_stage_marker(pt.name.split(": ", 1)[-1]) for pt in runs}, key=lambda m: "oDP".index(m[0]))
+    keys = {"o": "compressed, no re-training", "D": "re-trained + compressed", "P": "+ centers fine-tuned"}
+    for marker, filled in seen:
+        ax.plot(
+            [],
+            [],
+            marker=marker,
+            ls="none",
+            color="black",
+            markerfacecolor="black" if filled else "none",
+            label=keys[marker],
+        )
+
+
 def plot_sweep(points: Sequence[SweepPoint], anchors: Sequence[Anchor], path: str | Path) -> Path:
     """Measured test error vs paper-accounting CR, one line per grid, with published anchors marked.
 
     Anchors are numbers reported in the literature (drawn as labeled stars, legend "published"), not
     measurements of this run; the dense model is a dashed horizontal reference line.
     """
-    fig = _figure(8.5, 5.0)
+    fig = _figure(10.5, 5.5)
     ax = fig.add_subplot()
     dense = [pt for pt in points if pt.grid == "dense"]
     for pt in dense:
         ax.axhline(pt.error_pct, color="gray", ls="--", lw=1, label=f"dense (measured): {pt.error_pct:.2f}%")
-    styles = {
-        "K": ("o", "#4c72b0", "K scaled"),
-        "p": ("s", "#55a868", "sparsity p shifted"),
-        "run": ("D", "#dd8452", "runs (re-trained, tuned, fine-tuned)"),
-    }
+    styles = {"K": ("o", "#4c72b0", "K scaled"), "p": ("s", "#55a868", "sparsity p shifted")}
     for grid, (marker, color, label) in styles.items():
         series = sorted((pt for pt in points if pt.grid == grid), key=lambda pt: pt.paper_cr)
         if not series:
             continue
         ax.plot(
-            [pt.paper_cr for pt in series],
-            [pt.error_pct for pt in series],
-            marker=marker,
-            color=color,
-            ls="none" if grid == "run" else "-",
-            label=f"measured, {label}",
+            [pt.paper_cr for pt in series], [pt.error_pct for pt in series], marker=marker, color=color, label=label
         )
         for pt in series:
             ax.annotate(pt.label, (pt.paper_cr, pt.error_pct), xytext=(4, 4), textcoords="offset points", fontsize=7)
+    _plot_runs(ax, [pt for pt in points if pt.grid == "run"])
     crs = [pt.paper_cr for pt in points if pt.grid != "dense"] + [a.paper_cr for a in anchors]
     middle = math.sqrt(min(crs) * max(crs)) if crs else 1.0
     for i, anchor in enumerate(anchors):
@@ -434,5 +469,5 @@ def plot_sweep(points: Sequence[SweepPoint], anchors: Sequence[Anchor], path: st
     ax.set_title("test error vs compression ratio" + (": lines measured here, stars published" if anchors else ""))
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.1)  # room for the point labels at both ends
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, path)

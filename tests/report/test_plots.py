@@ -1,5 +1,6 @@
 """Every figure of the report renders to a real PNG, written atomically, and rejects inputs it cannot draw."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,11 @@ def test_sweep_plot(tmp_path: Path, perfect: bool) -> None:
         _point("K", 0.5, 0.0, 0.95, 150.0),
         _point("K", 1.0, 0.0, 0.985, 100.0),
         _point("p", 1.0, 0.05, 0.97, 140.0),
+        *(
+            replace(_point("run", 1.0, 0.0, acc, cr), name=f"{run}: {stage}")
+            for run, cr in (("a", 100.0), ("b", 160.0))
+            for stage, acc in (("compressed, no re-training", 0.9), ("re-trained (kmeans) + compressed", 0.99))
+        ),
     ]
     anchors = PUBLISHED_ANCHORS[("lenet5_caffe", "mnist")]
     assert_png(plots.plot_sweep(points, anchors, tmp_path / "sweep.png"))
