@@ -412,13 +412,15 @@ def plot_sweep(points: Sequence[SweepPoint], anchors: Sequence[Anchor], path: st
     """Measured test error vs paper-accounting CR, one line per grid, with published anchors marked.
 
     Anchors are numbers reported in the literature (drawn as labeled stars, legend "published"), not
-    measurements of this run; the dense model is a dashed horizontal reference line.
+    measurements of this run; the swept checkpoint itself, uncompressed, is a dashed horizontal reference line.
     """
     fig = _figure(10.5, 5.5)
     ax = fig.add_subplot()
     dense = [pt for pt in points if pt.grid == "dense"]
     for pt in dense:
-        ax.axhline(pt.error_pct, color="gray", ls="--", lw=1, label=f"dense (measured): {pt.error_pct:.2f}%")
+        ax.axhline(
+            pt.error_pct, color="gray", ls="--", lw=1, label=f"the checkpoint, uncompressed: {pt.error_pct:.2f}%"
+        )
     styles = {"K": ("o", "#4c72b0", "K scaled"), "p": ("s", "#55a868", "sparsity p shifted")}
     for grid, (marker, color, label) in styles.items():
         series = sorted((pt for pt in points if pt.grid == grid), key=lambda pt: pt.paper_cr)
