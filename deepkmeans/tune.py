@@ -67,11 +67,19 @@ class TuneResult:
     seconds: float
 
 
+def linear_row_lengths(width: int) -> list[int]:
+    """Row lengths tried for a linear layer of ``width`` inputs: for each of ``LINEAR_DS`` the divisor of the
+    width nearest to it (the smaller on a tie), so a width such as 784 still gets five lengths (1, 2, 4, 8, 16)."""
+    divisors = [d for d in range(1, width + 1) if width % d == 0]
+    nearest = (min(divisors, key=lambda d: (abs(d - target), d)) for target in LINEAR_DS)
+    return list(dict.fromkeys(nearest))
+
+
 @dataclass(frozen=True)
 class Grid:
     """The candidates tried per layer: centers ``ks``, sparsities ``ps`` and row lengths ``d``: None for the
-    kernel width of convolutions (the paper's rows) and small divisors of the input width of linear layers,
-    or one length for every layer (e.g. 1: scalar sharing)."""
+    kernel width of convolutions (the paper's rows) and small divisors of the input width of linear layers
+    (:func:`linear_row_lengths`), or one length for every layer (e.g. 1: scalar sharing)."""
 
     ks: tuple[int, ...] = KS
     ps: tuple[float, ...] = PS
@@ -82,7 +90,7 @@ class Grid:
             return [self.d] if shape[-1] % self.d == 0 else []
         if len(shape) >= 3:
             return [default_row_length(shape)]
-        return [d for d in LINEAR_DS if shape[-1] % d == 0]
+        return linear_row_lengths(shape[-1])
 
     def specs(self, shape: tuple[int, ...]) -> Iterable[LayerSpec]:
         for d in self.row_lengths(shape):

@@ -14,7 +14,7 @@ from deepkmeans.data import Batches, load_splits
 from deepkmeans.files import load_model_file
 from deepkmeans.runs import RunFiles, RunMetrics
 from deepkmeans.train import evaluate, load_checkpoint
-from deepkmeans.tune import Candidate, allocate, tune
+from deepkmeans.tune import Candidate, allocate, linear_row_lengths, tune
 from tests.conftest import make_mnist_dir
 from tests.test_cli import _config
 
@@ -32,7 +32,7 @@ def test_tuner_meets_a_size_target(target: float) -> None:
     result = tune(model, val, torch.device("cpu"), target_cr=target, progress=False)
     assert result.paper_cr >= target
     assert set(result.chosen) == {"0", "3"} and set(result.config.layers) == {"0", "3"}
-    assert {c.spec.d for c in result.candidates["3"] if c.spec} == {1, 2}  # d is part of the grid for linear layers
+    assert {c.spec.d for c in result.candidates["3"] if c.spec} == {1, 2, 4, 9, 18}  # d: divisors of 216 near the grid
     assert result.dense_val_acc == 1.0 and 0 <= result.val_acc <= 1
 
 
@@ -40,6 +40,12 @@ def test_tuner_keeps_within_an_accuracy_drop() -> None:
     model, val = _tiny()
     result = tune(model, val, torch.device("cpu"), max_drop=5.0, progress=False)
     assert 100 * (result.dense_val_acc - result.val_acc) <= 5.0 and result.paper_cr > 1.5
+
+
+def test_linear_row_lengths_are_divisors_near_the_grid() -> None:
+    assert linear_row_lengths(800) == [1, 2, 5, 10, 20]  # LeNet-5 fc1
+    assert linear_row_lengths(784) == [1, 2, 4, 8, 16]  # LeNet-300-100 fc1: 5, 10 and 20 do not divide it
+    assert linear_row_lengths(7) == [1, 7] and linear_row_lengths(1) == [1]
 
 
 def test_allocation_prefers_cheap_loss() -> None:
