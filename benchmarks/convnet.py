@@ -38,8 +38,9 @@ from deepkmeans import DeepKMeans, account, compress, estimate_energy, measure
 from deepkmeans.config import CompressConfig, FinetuneConfig, LayerSpec, RetrainConfig, RunConfig, TrainConfig
 from deepkmeans.data import Batches
 from deepkmeans.errors import DeepKMeansError
+from deepkmeans.fileio import write_atomic
 from deepkmeans.models import model_info
-from deepkmeans.pipeline import finetune, pretrain, start_session
+from deepkmeans.pipeline import finetune, model_meta, pretrain, start_session
 from deepkmeans.train import Loop, evaluate, fit
 from deepkmeans.tune import Candidate, Grid, sensitivities, tune
 
@@ -68,13 +69,18 @@ def _subset(batches: Batches, n: int) -> Batches:
     return Batches(batches.x[:n], batches.y[:n], batches.batch_size, False)
 
 
-def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, name: str) -> Row:
+def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, cfg: RunConfig) -> Row:
     """Accuracy of ``model`` read back from its file, both ratios and the energy ratio, added to ``row``."""
-    m = measure(model, loop.test, loop.device, save_to=path, meta={"name": name, "dataset": "mnist"})
+    m = measure(model, loop.test, loop.device, save_to=path, meta=model_meta(cfg))
     row.add(m.test_acc, seconds)
     row.paper_cr, row.file_cr = m.paper_cr, m.file_cr or 0.0
-    row.energy = estimate_energy(model, model_info(name).input_shape).ratio
+    row.energy = estimate_energy(model, model_info(cfg.model).input_shape).ratio
     return row
+
+
+def _write_json(path: Path, data: object, indent: int | None = 1) -> None:
+    """Caches and rows a later run resumes or renders from: written atomically, never left half written."""
+    write_atomic(path, json.dumps(data, indent=indent).encode())
 
 
 def _retrain(cfg: RunConfig, model: nn.Module, loop: Loop, method: str, seed: int) -> None:
@@ -89,7 +95,7 @@ def _retrain(cfg: RunConfig, model: nn.Module, loop: Loop, method: str, seed: in
 
 def _save_candidates(path: Path, candidates: dict[str, list[Candidate]]) -> None:
     data = {name: [asdict(c) for c in cands] for name, cands in candidates.items()}
-    path.write_text(json.dumps(data))
+    _write_json(path, data, indent=None)
 
 
 def _load_candidates(path: Path) -> dict[str, list[Candidate]] | None:
@@ -135,7 +141,7 @@ def _load_target(path: Path) -> dict[str, list[Row]]:
 
 
 def _save_target(path: Path, done: dict[str, list[Row]]) -> None:
-    path.write_text(json.dumps({part: [asdict(r) for r in rows] for part, rows in done.items()}, indent=1))
+    _write_json(path, {part: [asdict(r) for r in rows] for part, rows in done.items()})
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -204,7 +210,7 @@ def _save_rows(path: Path, args, argv, name, dense_acc, epoch_seconds, rows, sec
         "seconds": seconds,
         "rows": [asdict(r) for r in rows],
     }
-    path.write_text(json.dumps(data, indent=1))
+    _write_json(path, data)
 
 
 def _render(args: argparse.Namespace) -> Path:
@@ -217,7 +223,7 @@ def _render(args: argparse.Namespace) -> Path:
     run_args.resumed = data.get("resumed", [])
     if "wrn16_4_step_seconds" not in data:  # rows of a run made before the step time was kept
         data["wrn16_4_step_seconds"] = None if run_args.quick else wrn16_4_step_seconds()
-        (Path(args.work) / "rows.json").write_text(json.dumps(data, indent=1))
+        _write_json(saved, data)
     run_args.step = data["wrn16_4_step_seconds"]
     rows = [Row(**r) for r in data["rows"]]
     return _write(run_args, data["argv"], data["name"], data["dense_acc"], data["epoch_seconds"], rows, data["seconds"])
@@ -236,7 +242,7 @@ def _methods(args, cfg, pretrained, loop, configs, target, work) -> list[Row]:  
     tag = f"{target:g}x"
 
     def measured(row: Row, model: nn.Module, file: str, seconds: float) -> Row:
-        return _measured(row, model, loop, work / file, seconds, cfg.model)
+        return _measured(row, model, loop, work / file, seconds, cfg)
 
     rows = []
     t = time.perf_counter()
@@ -505,7 +511,7 @@ def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: 
         "",
         *_cifar_section(args.step),
     ]
-    out.write_text("\n".join(lines) + "\n")
+    write_atomic(out, ("\n".join(lines) + "\n").encode())
     print(f"wrote {out} and {plot}")
     return out
 
