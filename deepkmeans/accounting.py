@@ -2,8 +2,10 @@
 
 Paper accounting (reference code): a shared layer costs ``K*d*b + N*H + bias bits``, with ``H`` the entropy
 of its assignment distribution, and every other parameter ``numel*b`` (b: the tensor's bits per value, 32
-for float32). Normalization layers (BatchNorm and kin) are left out of the paper ratio, as in the
-reference, and reported on their own. The file ratio divides the dense state dict's bytes by the real file.
+for float32). A layer stored narrow (``bits`` 16 or 8) counts its centers and bias at that width, plus the
+two float32 numbers of each 8-bit grid. Normalization layers (BatchNorm and kin) are left out of the paper
+ratio, as in the reference, and reported on their own. The file ratio divides the dense state dict's bytes by
+the real file.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from deepkmeans.cluster.narrow import stored_bits
 from deepkmeans.cluster.quantize import entropy_bits
 from deepkmeans.cluster.rows import default_row_length, num_rows
 from deepkmeans.plan import NORMALIZATION, own_parameters, parameter_modules
@@ -95,14 +98,27 @@ def shared_account(
     other_bits: int,
     coded_bits: int | None = None,
     note: str = "",
+    bits: int = 32,
+    other_bits_after: int | None = None,
 ) -> LayerAccount:
-    """Paper bits of one shared weight (plus ``other_bits`` of the module's other parameters, e.g. its bias)."""
+    """Paper bits of one shared weight (plus ``other_bits`` of the module's other parameters, e.g. its bias,
+    which count ``other_bits_after`` once shared when stored narrow); centers at ``bits`` per value."""
     k, d = int(centers.shape[0]), int(centers.shape[1])
     n = int(assignments.numel())
     h = entropy_bits(assignments.long(), k)
     before = n * d * value_bits(centers) + other_bits
-    after = k * d * value_bits(centers) + n * h + other_bits
+    rest = other_bits if other_bits_after is None else other_bits_after
+    after = stored_bits(k * d, bits, value_bits(centers)) + n * h + rest
     return LayerAccount(name, module_type, True, n, d, k, sparsity_p, h, coded_bits, before, after, note)
+
+
+def other_bits(module: nn.Module, params: list[torch.Tensor], bits: int = 32) -> tuple[int, int]:
+    """Bits of a shared module's parameters other than its weight: dense, and as stored (its bias at ``bits``)."""
+    dense = sum(p.numel() * value_bits(p) for p in params)
+    bias = getattr(module, "bias", None)
+    narrow = [p for p in params if p is bias] if bits < 32 else []
+    stored = dense + sum(stored_bits(p.numel(), bits, value_bits(p)) - p.numel() * value_bits(p) for p in narrow)
+    return dense, stored
 
 
 def account(model: nn.Module, file_bytes: int | None = None) -> Accounting:
@@ -116,38 +132,28 @@ def account(model: nn.Module, file_bytes: int | None = None) -> Accounting:
     for name, module in parameter_modules(model):
         params = [p for p in own_parameters(module, name in shared_names) if id(p) not in seen]
         seen.update(id(p) for p in params)
-        other_bits = sum(p.numel() * value_bits(p) for p in params)
+        bits = sum(p.numel() * value_bits(p) for p in params)
         if name in shared:
-            rows.append(_shared_row(name, module, shared[name], other_bits))
+            rows.append(_shared_row(name, module, shared[name], params))
         elif isinstance(module, NORMALIZATION):
-            norm_bits += other_bits
+            norm_bits += bits
         elif name in tied_to:
             if params:
                 note = f"weight tied to {tied_to[name]} (counted there)"
                 rows.append(
                     LayerAccount(
-                        name,
-                        type(module).__name__,
-                        False,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        None,
-                        other_bits,
-                        float(other_bits),
-                        note,
+                        name, type(module).__name__, False, None, None, None, None, None, None, bits, float(bits), note
                     )
                 )
         elif params:
-            rows.append(_dense_row(name, module, params, other_bits))
+            rows.append(_dense_row(name, module, params, bits))
     return Accounting(rows, norm_bits, dense_state_bytes(model), file_bytes)
 
 
-def _shared_row(name: str, module: nn.Module, layer: SharedLayer, other_bits: int) -> LayerAccount:
+def _shared_row(name: str, module: nn.Module, layer: SharedLayer, params: list[torch.Tensor]) -> LayerAccount:
     words, _ = layer.param.stream()
     note = f"tied with {', '.join(layer.tied)}" if layer.tied else ""
+    dense, stored = other_bits(module, params, layer.param.bits)
     return shared_account(
         name,
         type(module).__name__,
@@ -155,9 +161,11 @@ def _shared_row(name: str, module: nn.Module, layer: SharedLayer, other_bits: in
         layer.centers,
         layer.assignments,
         layer.param.sparsity_p,
-        other_bits,
+        dense,
         int(words.size) * 32,
         note,
+        layer.param.bits,
+        stored,
     )
 
 

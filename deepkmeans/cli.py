@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-cr", type=float, help="paper-accounting compression ratio to reach")
     p.add_argument("--max-drop", type=float, help="largest validation accuracy drop allowed, in points")
     p.add_argument("--validation", type=int, help="last training images to validate on (default: config's, else 5000)")
+    p.add_argument(
+        "--widths", type=int, nargs="+", choices=[32, 16, 8], help="bits of stored centers and bias (default: 32 8)"
+    )
+    p.add_argument("--betas", type=float, nargs="+", help="rate-aware assignment weights to try (default: 0)")
     p.add_argument("-o", "--output", default="tuned.yaml", help="run config to write (default: tuned.yaml)")
 
     p = sub.add_parser("finetune", help="fine-tune the centers of a compressed file (same file size)")
@@ -176,13 +180,18 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from deepkmeans.jobs import tune_checkpoint
+    from deepkmeans.tune import BETAS, WIDTHS, Grid
 
     cfg = _config(args)
     validation = args.validation or cfg.validation or 5000
-    result = tune_checkpoint(args.checkpoint, cfg, args.output, args.target_cr, args.max_drop, validation)
+    if args.betas and min(args.betas) < 0:
+        raise DeepKMeansError(f"--betas must be >= 0, got {min(args.betas)}")
+    grid = Grid(widths=tuple(args.widths or WIDTHS), betas=tuple(args.betas or BETAS))
+    result = tune_checkpoint(args.checkpoint, cfg, args.output, args.target_cr, args.max_drop, validation, grid)
     print(f"per-layer choice (validation: the last {validation} training images):")
     for name, c in result.chosen.items():
-        what = "dense" if c.spec is None else f"K={c.spec.K} p={c.spec.p:g} d={c.spec.d}"
+        what = "dense" if c.spec is None else f"K={c.spec.K} p={c.spec.p:g} d={c.spec.d} {c.spec.bits}-bit"
+        what += f" beta={c.spec.beta:g}" if c.spec is not None and c.spec.beta else ""
         alone = (
             f"val loss with this layer alone shared {c.val_loss:.4f} (dense {result.candidates[name][0].val_loss:.4f})"
         )

@@ -37,17 +37,28 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class LayerSpec:
-    """Per-layer sharing target: K centers, sparsity p, row length d (None: kernel width / 1 for FC)."""
+    """Per-layer sharing target: K centers, sparsity p, row length d (None: kernel width / 1 for FC).
+
+    ``bits``: the width the centers and the layer's bias are stored at (32; 16: float16; 8: an 8-bit grid per
+    tensor). ``beta``: rate-aware assignment (entropy-constrained k-means): each row goes to the center that
+    minimizes its squared error, relative to the layer's mean squared deviation, plus ``beta`` times the bits
+    of that center's index; 0 is plain k-means.
+    """
 
     K: int
     p: float = 0.0
     d: int | None = None
+    bits: int = 32
+    beta: float = 0.0
 
     def __post_init__(self) -> None:
         _require(_is_int(self.K) and self.K >= 1, "K", "must be an integer >= 1", self.K)
         _require(_is_number(self.p) and 0.0 <= self.p < 1.0, "p", "must be a number in [0, 1)", self.p)
         _require(self.d is None or (_is_int(self.d) and self.d >= 1), "d", "must be an integer >= 1", self.d)
+        _require(self.bits in (32, 16, 8) and _is_int(self.bits), "bits", "must be 32, 16 or 8", self.bits)
+        _require(_is_number(self.beta) and self.beta >= 0, "beta", "must be a number >= 0", self.beta)
         object.__setattr__(self, "p", float(self.p))
+        object.__setattr__(self, "beta", float(self.beta))
 
 
 @dataclass(frozen=True)
@@ -76,15 +87,20 @@ class RegularizerConfig:
     under DDP); 'gradient' adds its gradient ``lam * (W - W F F^T)`` to each weight's ``.grad`` right after
     ``backward()`` instead: no autograd graph and no saved residual (less memory; one process only), and
     ``penalty()`` gives its current value, detached.
+    ``ramp_steps``: over the first this many steps, lam and every layer's sparsity p rise linearly from 0 to
+    their values (p at each refresh of F); 0: both fixed from the start.
     """
 
     method: str = "kmeans"
     lam: float = 1e-3
     refresh_every: int = 100
     apply: str = "loss"
+    ramp_steps: int = 0
 
     def __post_init__(self) -> None:
         _require(self.method in METHODS, "method", f"must be one of {', '.join(METHODS)}", self.method)
+        ramp = self.ramp_steps
+        _require(_is_int(ramp) and ramp >= 0, "ramp_steps", "must be an integer >= 0", ramp)
         _require(self.apply in APPLY, "apply", f"must be one of {', '.join(APPLY)}", self.apply)
         _require(_is_number(self.lam) and self.lam >= 0, "lam", "must be a number >= 0", self.lam)
         _require(
@@ -120,6 +136,26 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from the dense model: the loss becomes ``(1 - weight) * cross-entropy + weight *
+    T^2 * KL(softmax(teacher / T) || softmax(student / T))`` with ``T = temperature``; weight 0: off."""
+
+    weight: float = 0.0
+    temperature: float = 4.0
+
+    def __post_init__(self) -> None:
+        w, t = self.weight, self.temperature
+        _require(_is_number(w) and 0 <= w <= 1, "weight", "must be a number in [0, 1]", w)
+        _require(_is_number(t) and t > 0, "temperature", "must be a number > 0", t)
+        object.__setattr__(self, "weight", float(w))
+        object.__setattr__(self, "temperature", float(t))
+
+
+def _check_distill(distill: Any) -> None:
+    _require(isinstance(distill, DistillConfig), "distill", "must be a DistillConfig", distill)
+
+
+@dataclass(frozen=True)
 class RetrainConfig(TrainConfig):
     """Deep k-Means re-training: the training settings plus the penalty's (see :class:`RegularizerConfig`)."""
 
@@ -130,14 +166,23 @@ class RetrainConfig(TrainConfig):
     lam: float = 1e-3
     refresh_every: int = 100
     apply: str = "loss"
+    ramp: float = 0.0  # fraction of the re-training steps over which lam and p rise from 0 (gradual hardness)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # from the pre-trained dense model
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.regularizer  # noqa: B018 - validates method, lam, refresh_every and apply
+        _require(_is_number(self.ramp) and 0 <= self.ramp <= 1, "ramp", "must be a number in [0, 1]", self.ramp)
+        _check_distill(self.distill)
 
     @property
     def regularizer(self) -> RegularizerConfig:
-        return RegularizerConfig(self.method, self.lam, self.refresh_every, self.apply)
+        return self.regularizer_for(0)
+
+    def regularizer_for(self, steps_per_epoch: int) -> RegularizerConfig:
+        """The penalty's settings, the ``ramp`` fraction of ``epochs * steps_per_epoch`` steps made a step count."""
+        ramp_steps = round(self.ramp * self.epochs * steps_per_epoch)
+        return RegularizerConfig(self.method, self.lam, self.refresh_every, self.apply, ramp_steps)
 
 
 @dataclass(frozen=True)
@@ -153,6 +198,11 @@ class FinetuneConfig(TrainConfig):
     lr: float = 1e-4
     weight_decay: float = 0.0
     optimizer: str = "adam"
+    distill: DistillConfig = field(default_factory=DistillConfig)  # from the pre-trained dense model
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_distill(self.distill)
 
 
 DATASETS = ("mnist", "cifar10")
@@ -169,6 +219,8 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     validation: int = 0  # the last n training examples, held out of training for choices (e.g. by tune)
+    importance: int = 0  # data-aware k-means: training batches whose squared gradients weight each weight (0: off)
+    bn_reestimate: int = 0  # training batches to re-estimate BatchNorm statistics on after compression (0: off)
     train: TrainConfig = field(default_factory=TrainConfig)
     retrain: RetrainConfig = field(default_factory=RetrainConfig)
     compress: CompressConfig = field(default_factory=CompressConfig)
@@ -188,6 +240,10 @@ class RunConfig:
         _require(_is_int(self.seed), "seed", "must be an integer", self.seed)
         valid = _is_int(self.validation) and self.validation >= 0
         _require(valid, "validation", "must be an integer >= 0", self.validation)
+        valid = _is_int(self.importance) and self.importance >= 0
+        _require(valid, "importance", "must be an integer >= 0 (training batches)", self.importance)
+        valid = _is_int(self.bn_reestimate) and self.bn_reestimate >= 0
+        _require(valid, "bn_reestimate", "must be an integer >= 0 (training batches)", self.bn_reestimate)
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:

@@ -31,8 +31,12 @@ def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> Compr
     """The data form of a model with shared layers: codes, every other tensor once (ties become aliases),
     and ``meta`` (e.g. its name)."""
     codes = {}
+    modules = dict(model.named_modules())
+    skip = shared_state_keys(model)
     for name, layer in shared_layers(model).items():
         param = layer.param
+        bias = getattr(modules[name], "bias", None) if param.bits < 32 else None
+        bias = bias if isinstance(bias, nn.Parameter) else None
         codes[name] = LayerCode(
             param.shape,
             param.d,
@@ -41,8 +45,13 @@ def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> Compr
             param.assignments.cpu(),
             layer.tied,
             coded=param.stream(),
+            bits=param.bits,
+            grid=param.grid,
+            bias=None if bias is None else bias.detach().cpu(),
+            bias_grid=param.bias_grid,
         )
-    skip = shared_state_keys(model)
+        if bias is not None:
+            skip.add(f"{name}.bias")
     dense: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     first: dict[tuple, str] = {}
@@ -111,7 +120,8 @@ def rebuild(
         modules = dict(model.named_modules())
         for name, code in cm.layers.items():
             tied = [modules[t] for t in code.tied]
-            share_(modules[name], code.centers, code.assignments, code.sparsity_p, tied)
+            grids = (code.grid, code.bias_grid)
+            share_(modules[name], code.centers, code.assignments, code.sparsity_p, tied, code.bits, grids)
     return model
 
 

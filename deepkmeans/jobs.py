@@ -28,7 +28,7 @@ from deepkmeans.train import EpochLog, pick_device
 
 if TYPE_CHECKING:
     from deepkmeans.export import OnnxExport
-    from deepkmeans.tune import TuneResult
+    from deepkmeans.tune import Grid, TuneResult
 
 
 def train_checkpoint(cfg: RunConfig, output: str | Path) -> list[EpochLog]:
@@ -111,18 +111,27 @@ class Finetuning:
     log: list[EpochLog]
 
 
-def finetune_file(path: str | Path, cfg: RunConfig, output: str | Path) -> Finetuning:
-    """Fine-tune the centers of a compressed file (assignments fixed) and write the result: same file size."""
-    from deepkmeans.pipeline import finetune
+def finetune_file(
+    path: str | Path, cfg: RunConfig, output: str | Path, teacher: str | Path | None = None
+) -> Finetuning:
+    """Fine-tune the centers of a compressed file (assignments fixed) and write the result: same file size.
+    ``teacher``: the dense checkpoint the file was compressed from, needed when ``finetune.distill.weight > 0``."""
+    from deepkmeans.pipeline import finetune, frozen_copy
 
+    if cfg.finetune.distill.weight > 0 and teacher is None:
+        raise DeepKMeansError(
+            "fine-tuning a file with distillation (finetune.distill.weight > 0) needs the dense checkpoint;"
+            " it is available through `deepkmeans run`"
+        )
     check_writable(output)
     loaded = load_model_file(path)
     if not loaded.compressed:
         raise DeepKMeansError(f"{path}: is a checkpoint; finetune takes a compressed file (.dkm)")
+    dense = None if teacher is None else frozen_copy(_checkpoint(teacher).model)
     session = start_session(cfg, cfg.finetune.batch_size, dataset=loaded.dataset)
     loop, meta = session.loop, {"name": loaded.name, "dataset": loaded.dataset}
     before = measure(loaded.model, loop.test, loop.device, file_bytes=loaded.file_bytes)
-    log = finetune(cfg, loaded.model, loop, Path(output).with_suffix(".ckpt"), meta)
+    log = finetune(cfg, loaded.model, loop, Path(output).with_suffix(".ckpt"), meta, teacher=dense)
     after = measure(loaded.model, loop.test, loop.device, save_to=output, meta=meta)
     return Finetuning(before, after, log)
 
@@ -134,10 +143,11 @@ def tune_checkpoint(
     target_cr: float | None,
     max_drop: float | None,
     validation: int,
+    grid: Grid | None = None,
 ) -> TuneResult:
     """Choose per-layer K / p / d for a checkpoint on the last ``validation`` training images; writes a run config
     (``cfg`` with the chosen layers and the validation split) that run, retrain and compress accept."""
-    from deepkmeans.tune import sensitivity_table, tune
+    from deepkmeans.tune import Grid, sensitivity_table, tune
 
     check_writable(output)
     loaded = _checkpoint(checkpoint)
@@ -159,6 +169,7 @@ def tune_checkpoint(
         target_cr=target_cr,
         max_drop=max_drop,
         seed=cfg.compress.seed,
+        grid=grid or Grid(),
     )
     tuned = replace(cfg, compress=result.config)
     write_atomic(output, yaml.safe_dump(to_dict(tuned), sort_keys=False).encode())

@@ -4,7 +4,7 @@
     for x, y in batches:                        # the user's own training loop
         loss = criterion(model(x), y) + dkm.penalty()
         opt.zero_grad(); loss.backward(); opt.step(); dkm.step()
-    print(format_report(dkm.report()))
+    for layer in dkm.report(): print(layer.name, layer.hardness)
     compressed = dkm.finalize()                 # a weight-shared copy (inplace=True: the model itself)
 
 One layer plan and one seed serve the penalty's clustering, the report and the final compression, so
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deepkmeans.accounting import LayerAccount, shared_account
+from deepkmeans.accounting import LayerAccount, other_bits, shared_account
 from deepkmeans.cluster.quantize import RowClustering, cluster_rows, hardness
 from deepkmeans.cluster.rows import from_rows, to_rows
 from deepkmeans.config import CompressConfig, RegularizerConfig
@@ -116,15 +116,19 @@ class DeepKMeans:
         """R(W_l, F_l) per active layer (without lam/2)."""
         return self._penalty.layer_penalties() if self._penalty is not None else {}
 
-    def clustering(self, name: str) -> RowClustering:
-        """The compression step's clustering of one shared layer's current weight (cached per weight version)."""
+    def clustering(self, name: str, importance: torch.Tensor | None = None) -> RowClustering:
+        """The compression step's clustering of one shared layer's current weight (cached per weight version);
+        ``importance`` (one value per weight, e.g. squared gradients) weights each weight's error."""
         weight = self._modules[name].weight
         spec = self.plan.shared[name].spec
-        key = (weight.data_ptr(), weight._version)
+        key = (weight.data_ptr(), weight._version, None if importance is None else id(importance))
         cached = self._clusterings.get(name)
         if cached is None or cached[0] != key:
             rows = to_rows(weight.detach().to(torch.float32), spec.d)
-            cached = (key, cluster_rows(rows, spec.k, spec.sparsity_p, seed=self.plan.shared[name].seed))
+            weights = None if importance is None else to_rows(importance.to(rows), spec.d)
+            seed = self.plan.shared[name].seed
+            clustering = cluster_rows(rows, spec.k, spec.sparsity_p, seed=seed, beta=spec.beta, importance=weights)
+            cached = (key, clustering)
             self._clusterings[name] = cached
         return cached[1]
 
@@ -137,9 +141,8 @@ class DeepKMeans:
             weight = module.weight.detach()
             clustering = self.clustering(name)
             quantized = from_rows(clustering.reconstruct(), pl.shape).to(weight)
-            other = sum(
-                p.numel() * p.element_size() * 8 for p in module.parameters(recurse=False) if p is not module.weight
-            )
+            params = [p for p in module.parameters(recurse=False) if p is not module.weight]
+            dense, stored = other_bits(module, params, pl.spec.bits)
             note = f"tied with {', '.join(pl.tied)}" if pl.tied else ""
             account = shared_account(
                 name,
@@ -148,28 +151,39 @@ class DeepKMeans:
                 clustering.centers.to(weight.dtype),
                 clustering.assignments,
                 pl.spec.sparsity_p,
-                other,
+                dense,
                 note=note,
+                bits=pl.spec.bits,
+                other_bits_after=stored,
             )
             out.append(LayerReport(account, hardness(weight, quantized)))
         return out
 
-    def finalize(self, inplace: bool = False, progress: bool | None = None) -> nn.Module:
+    def finalize(
+        self,
+        inplace: bool = False,
+        progress: bool | None = None,
+        importance: dict[str, torch.Tensor] | None = None,
+    ) -> nn.Module:
         """The compressed model: each shared layer holds its K centers and one index per row (see
         :mod:`deepkmeans.shared`). A copy unless ``inplace``; :func:`deepkmeans.materialize` makes it dense.
-        ``progress``: a bar over the layers (default: when stderr is a terminal)."""
+        ``progress``: a bar over the layers (default: when stderr is a terminal). ``importance``: per layer, a
+        tensor of the weight's shape weighting each weight's error in the clustering (data-aware k-means, e.g.
+        :func:`deepkmeans.importance.squared_gradients`); layers it does not name are clustered plainly."""
         self._check_open()
+        importance = importance or {}
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(self.plan.shared, desc="k-means", unit="layer", leave=False, disable=not show)
         clusterings = {}
         for name in bar:
             bar.set_postfix_str(name)
-            clusterings[name] = self.clustering(name)
+            clusterings[name] = self.clustering(name, importance.get(name))
         model = self.model if inplace else copy_module(self.model)
         modules = dict(model.named_modules())
         for name, pl in self.plan.shared.items():
             c = clusterings[name]
-            share_(modules[name], c.centers, c.assignments, pl.spec.sparsity_p, [modules[t] for t in pl.tied])
+            tied = [modules[t] for t in pl.tied]
+            share_(modules[name], c.centers, c.assignments, pl.spec.sparsity_p, tied, pl.spec.bits)
         if inplace:
             self._finalized = True
             if self._penalty is not None:
@@ -191,6 +205,12 @@ class DeepKMeans:
                 raise DeepKMeansError(f"cannot resume Deep k-Means: {exc}") from None
 
 
-def compress(model: nn.Module, config: CompressConfig, inplace: bool = False) -> nn.Module:
-    """Share the configured layers' weights: a compressed copy of ``model`` (or ``model`` itself if ``inplace``)."""
-    return DeepKMeans(model, config).finalize(inplace=inplace)
+def compress(
+    model: nn.Module,
+    config: CompressConfig,
+    inplace: bool = False,
+    importance: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """Share the configured layers' weights: a compressed copy of ``model`` (or ``model`` itself if ``inplace``);
+    ``importance`` as in :meth:`DeepKMeans.finalize`."""
+    return DeepKMeans(model, config).finalize(inplace=inplace, importance=importance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -12,18 +13,23 @@ import torch
 from torch import nn
 
 from deepkmeans import distributed
+from deepkmeans.calibrate import reestimate_batchnorm_
 from deepkmeans.config import RunConfig, to_dict
 from deepkmeans.data import Batches, load_splits
 from deepkmeans.energy.report import plot_breakdown
 from deepkmeans.energy.torch_layers import estimate_energy
+from deepkmeans.errors import DeepKMeansError, PlanWarning
 from deepkmeans.fileio import check_writable
 from deepkmeans.files import load_model_file
+from deepkmeans.importance import squared_gradients
 from deepkmeans.lifecycle import DeepKMeans, compress
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.models import build_model, model_info
+from deepkmeans.plan import build_plan
 from deepkmeans.report.markdown import write_report
 from deepkmeans.report.tables import layer_table, ratio_summary
 from deepkmeans.runs import DenseMetrics, EnergyLayer, EnergySummary, RunFiles, RunMetrics, StageMetrics
+from deepkmeans.shared import snap_
 from deepkmeans.train import EpochLog, Loop, evaluate, fit, pick_device
 
 QUICK_LIMIT = 6000
@@ -76,17 +82,19 @@ def pretrain(cfg: RunConfig, session: Session, checkpoint: Path) -> tuple[nn.Mod
 def retrain(
     cfg: RunConfig, model: nn.Module, session: Session, checkpoint: Path, meta: dict[str, Any], verbose: bool = False
 ) -> tuple[list[EpochLog], DeepKMeans]:
-    """Deep k-Means re-training of ``model`` in place, tracking each layer's hardness per epoch."""
+    """Deep k-Means re-training of ``model`` in place, tracking each layer's hardness per epoch; with
+    ``retrain.distill.weight > 0`` it also distils a frozen copy of ``model`` as it was before (the dense model)."""
     rcfg = cfg.retrain
     model.to(session.device)
-    dkm = DeepKMeans(model, cfg.compress, rcfg.regularizer)
+    teacher = frozen_copy(model) if rcfg.distill.weight > 0 else None
+    loop = replace(session.loop, train=session.loop.train.with_batch_size(rcfg.batch_size))
+    dkm = DeepKMeans(model, cfg.compress, rcfg.regularizer_for(len(loop.train)))
 
     def track(_: nn.Module, log: EpochLog) -> None:
         log.extra["hardness"] = {r.name: r.hardness for r in dkm.report()}
         if verbose and session.rank.is_main:
             print("  hardness " + ", ".join(f"{k} {v:.4f}" for k, v in log.extra["hardness"].items()))
 
-    loop = replace(session.loop, train=session.loop.train.with_batch_size(rcfg.batch_size))
     log = fit(
         distributed.wrap(model, session.rank, session.device),
         loop,
@@ -96,8 +104,17 @@ def retrain(
         dkm=dkm,
         on_epoch=track,
         meta=meta,
+        teacher=teacher,
+        distill=rcfg.distill,
     )
     return log, dkm
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with no trainable parameter: a distillation teacher."""
+    teacher = copy.deepcopy(model).eval()
+    teacher.requires_grad_(False)
+    return teacher
 
 
 def compress_and_measure(
@@ -105,17 +122,48 @@ def compress_and_measure(
 ) -> tuple[nn.Module, Measurement]:
     """Compress a CPU copy of ``model`` (the file does not depend on the device), write it, read it back and
     evaluate what was read (on the test set, and on ``val`` when given)."""
-    shared = compress(copy.deepcopy(model).cpu(), cfg.compress, inplace=True)
+    importance = None
+    if cfg.importance > 0:
+        names = list(build_plan(model, cfg.compress).shared)
+        importance = squared_gradients(model, loop.train, loop.device, names, cfg.importance)
+    shared = compress(copy.deepcopy(model).cpu(), cfg.compress, inplace=True, importance=importance)
+    if cfg.bn_reestimate > 0 and reestimate_batchnorm_(shared, loop.train, loop.device, cfg.bn_reestimate) == 0:
+        warnings.warn(
+            f"bn_reestimate = {cfg.bn_reestimate}, but the model has no BatchNorm layer to re-estimate",
+            PlanWarning,
+            stacklevel=2,
+        )
     return shared, measure(shared, loop.test, loop.device, save_to=path, meta=meta, val=val)
 
 
 def finetune(
-    cfg: RunConfig, compressed: nn.Module, loop: Loop, checkpoint: Path, meta: dict[str, Any]
+    cfg: RunConfig,
+    compressed: nn.Module,
+    loop: Loop,
+    checkpoint: Path,
+    meta: dict[str, Any],
+    teacher: nn.Module | None = None,
 ) -> list[EpochLog]:
     """Center fine-tuning of a compressed model in place: its shared layers keep their assignments, the centers,
-    biases and BatchNorm train (the gather in each shared layer sums a center's gradient over its rows)."""
-    loop = replace(loop, train=loop.train.with_batch_size(cfg.finetune.batch_size))
-    return fit(compressed.to(loop.device), loop, cfg.finetune, stage="finetune", checkpoint=checkpoint, meta=meta)
+    biases and BatchNorm train (the gather in each shared layer sums a center's gradient over its rows). Centers
+    and biases stored below 32 bits are rounded to their width afterwards (the forward pass already saw them so).
+    ``teacher`` (the dense model) is distilled when ``finetune.distill.weight > 0``; it is required then."""
+    fcfg = cfg.finetune
+    if fcfg.distill.weight > 0 and teacher is None:
+        raise DeepKMeansError("finetune.distill.weight > 0 needs a teacher (the dense model)")
+    loop = replace(loop, train=loop.train.with_batch_size(fcfg.batch_size))
+    log = fit(
+        compressed.to(loop.device),
+        loop,
+        fcfg,
+        stage="finetune",
+        checkpoint=checkpoint,
+        meta=meta,
+        teacher=teacher,
+        distill=fcfg.distill,
+    )
+    snap_(compressed)
+    return log
 
 
 def _energy(files: RunFiles, final: StageMetrics, input_shape: tuple[int, ...]) -> EnergySummary:
@@ -177,6 +225,8 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
         )
         final = m
     hardness = {"0": {r.name: r.hardness for r in DeepKMeans(model, cfg.compress).report()}}
+    distill_dense = cfg.finetune.distill.weight > 0 and cfg.finetune.epochs > 0 and rank.is_main
+    dense = frozen_copy(model) if distill_dense else None  # the fine-tuning teacher: re-training changes ``model``
     retrain_log: list[EpochLog] = []
     if cfg.retrain.epochs > 0:
         ckpt_meta = checkpoint_meta(cfg.model, cfg.dataset, cfg.validation)
@@ -193,7 +243,7 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     finetune_log: list[EpochLog] = []
     if cfg.finetune.epochs > 0:
         compressed = load_model_file(files / stages[-1].file).model
-        finetune_log = finetune(cfg, compressed, loop, files / RunFiles.FINETUNE, meta)
+        finetune_log = finetune(cfg, compressed, loop, files / RunFiles.FINETUNE, meta, teacher=dense)
         final = measure(compressed, loop.test, loop.device, save_to=files / RunFiles.FINETUNED, meta=meta, val=val)
         stages.append(StageMetrics.of(f"{stages[-1].label}, centers fine-tuned", stages[-1].source, final))
         print(

@@ -42,11 +42,14 @@ except AttributeError:  # pragma: no cover - older torch
 
 @dataclass(frozen=True)
 class ResolvedSpec:
-    """A layer's sharing target after defaults: K, sparsity p and row length d are all concrete."""
+    """A layer's sharing target after defaults: K, sparsity p and row length d are all concrete; ``bits`` is the
+    width of its stored centers and bias, ``beta`` the weight of rate-aware assignment (0: plain k-means)."""
 
     k: int
     sparsity_p: float
     d: int
+    bits: int = 32
+    beta: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -218,4 +221,4 @@ def _resolve(module: nn.Module, shape: tuple[int, ...], spec: LayerSpec, where: 
     n = num_rows(shape, d)
     if spec.K >= n:
         return None, f"left dense: K={spec.K} >= its {n} rows of length {d}, so sharing would save nothing"
-    return ResolvedSpec(spec.K, float(spec.p), d), ""
+    return ResolvedSpec(spec.K, float(spec.p), d, spec.bits, spec.beta), ""

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepkmeans.cluster import narrow
 from deepkmeans.cluster.rows import from_rows, to_rows
 from deepkmeans.codec.entropy import encode_indexes
 
@@ -43,14 +44,30 @@ def index_dtype(k: int) -> torch.dtype:
 
 
 class SharedWeight(nn.Module):
-    """Parametrization ``centers (K, d) -> weight``: each row of the weight is the center its index names."""
+    """Parametrization ``centers (K, d) -> weight``: each row of the weight is the center its index names.
 
-    def __init__(self, assignments: torch.Tensor, shape: tuple[int, ...], k: int, sparsity_p: float = 0.0) -> None:
+    ``bits`` (32, 16 or 8) is the width the centers and the layer's bias are stored at; below 32 the forward
+    pass rounds the centers to it (straight-through), and ``grid`` / ``bias_grid`` hold the fixed 8-bit grids.
+    """
+
+    def __init__(
+        self,
+        assignments: torch.Tensor,
+        shape: tuple[int, ...],
+        k: int,
+        sparsity_p: float = 0.0,
+        bits: int = 32,
+        grid: torch.Tensor | None = None,
+        bias_grid: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.register_buffer("assignments", assignments.to(index_dtype(k)))
         self.shape = tuple(int(s) for s in shape)
         self.k = int(k)
         self.sparsity_p = float(sparsity_p)
+        self.bits = int(bits)
+        self.register_buffer("grid", None if grid is None else grid.to(torch.float32))
+        self.register_buffer("bias_grid", None if bias_grid is None else bias_grid.to(torch.float32))
         self._stream: tuple[tuple[int, int], tuple[np.ndarray, np.ndarray]] | None = None
 
     @property
@@ -58,6 +75,7 @@ class SharedWeight(nn.Module):
         return int(np.prod(self.shape)) // self.assignments.numel()
 
     def forward(self, centers: torch.Tensor) -> torch.Tensor:
+        centers = narrow.round_to(centers, self.bits, self.grid)
         return from_rows(centers.index_select(0, self.assignments.to(torch.int32)), self.shape)
 
     @torch.no_grad()
@@ -77,7 +95,8 @@ class SharedWeight(nn.Module):
         return self._stream[1]
 
     def extra_repr(self) -> str:
-        return f"K={self.k}, d={self.d}, rows={self.assignments.numel()}, p={self.sparsity_p:g}"
+        width = f", bits={self.bits}" if self.bits < 32 else ""
+        return f"K={self.k}, d={self.d}, rows={self.assignments.numel()}, p={self.sparsity_p:g}{width}"
 
 
 @dataclass(frozen=True)
@@ -133,15 +152,28 @@ def share_(
     assignments: torch.Tensor,
     sparsity_p: float = 0.0,
     tied: list[nn.Module] | tuple[nn.Module, ...] = (),
+    bits: int = 32,
+    grids: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> None:
-    """Replace ``module.weight`` (and the tied modules' weight) in place by ``centers[assignments]``."""
+    """Replace ``module.weight`` (and the tied modules' weight) in place by ``centers[assignments]``.
+
+    ``bits`` < 32 stores the centers and the module's bias at that width: both are rounded to it here, on
+    8-bit grids spanning them unless ``grids`` (centers', bias') gives the grids (as a file does)."""
     weight = module.weight
-    param = SharedWeight(assignments.to(weight.device), tuple(weight.shape), centers.shape[0], sparsity_p)
-    parametrize.register_parametrization(module, "weight", param, unsafe=True)
+    bias = getattr(module, "bias", None)
+    bias = bias if isinstance(bias, nn.Parameter) else None
+    if grids is None and bits == 8:
+        grids = (narrow.affine_grid(centers), None if bias is None else narrow.affine_grid(bias))
+    grid, bias_grid = grids or (None, None)
+    param = SharedWeight(
+        assignments.to(weight.device), tuple(weight.shape), centers.shape[0], sparsity_p, bits, grid, bias_grid
+    )
+    parametrize.register_parametrization(module, "weight", param.to(weight.device), unsafe=True)
     plist = module.parametrizations.weight
     with torch.no_grad():
         plist.original.copy_(centers)
     plist.original.requires_grad_(weight.requires_grad)
+    snap_(module)
     for other in tied:
         # Registering above re-used the tied Parameter for the centers: give this module a placeholder, register
         # to get the parametrized class, then use the very same ParametrizationList. One set of centers and
@@ -149,6 +181,21 @@ def share_(
         other.weight = nn.Parameter(weight.new_empty(0), requires_grad=False)
         parametrize.register_parametrization(other, "weight", nn.Identity(), unsafe=True)
         other.parametrizations["weight"] = plist
+
+
+@torch.no_grad()
+def snap_(model: nn.Module) -> None:
+    """Round the centers and biases of shared layers stored below 32 bits to their width, in place (after
+    training them, so that the model in memory is the one its file stores)."""
+    for module in model.modules():
+        param = _shared_weight(module)
+        if param is None or param.bits >= 32:
+            continue
+        centers = module.parametrizations.weight.original
+        centers.copy_(narrow.round_to(centers, param.bits, param.grid))
+        bias = getattr(module, "bias", None)
+        if isinstance(bias, nn.Parameter):
+            bias.copy_(narrow.round_to(bias, param.bits, param.bias_grid))
 
 
 def materialize(model: nn.Module, inplace: bool = False) -> nn.Module:

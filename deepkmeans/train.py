@@ -7,7 +7,8 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,8 +17,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deepkmeans.config import TrainConfig
+from deepkmeans.config import DistillConfig, TrainConfig
 from deepkmeans.data import Batches
+from deepkmeans.distill import distillation_loss
 from deepkmeans.errors import DeepKMeansError
 from deepkmeans.fileio import write_atomic
 
@@ -139,6 +141,15 @@ class _Optimizer:
         return cls(opt, sched)
 
 
+def _with_defaults(defaults: dict[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` with each setting added since it was written, at any depth (e.g. ``distill.weight``), its default."""
+    filled = {**defaults, **saved}
+    for key, default in defaults.items():
+        if isinstance(default, dict) and isinstance(saved.get(key), dict):
+            filled[key] = _with_defaults(default, saved[key])
+    return filled
+
+
 def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v]
 
@@ -153,7 +164,7 @@ def _resume(
         raise DeepKMeansError(
             f"{checkpoint} holds a {state.get('stage')} run, not {stage}; delete it or choose another output path"
         )
-    saved = {**asdict(type(cfg)()), **state.get("config", {})}  # a setting added since it was saved: its default
+    saved = _with_defaults(asdict(type(cfg)()), state.get("config", {}))
     changed = _differences(saved, {k: v for k, v in wanted.items() if k != "epochs"})
     if changed:
         raise DeepKMeansError(
@@ -185,19 +196,29 @@ def train_epoch(
     device: torch.device,
     bar_desc: str,
     progress: bool,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
 ) -> tuple[float, float, int]:
-    """One pass over ``batches``: (sum of task losses, sum of penalties, steps)."""
+    """One pass over ``batches``: (sum of task losses, sum of penalties, steps). With a ``teacher`` (in eval mode,
+    on ``device``) and ``distill.weight > 0`` the loss trained on is :func:`distillation_loss`; the task loss
+    reported stays the cross-entropy."""
     task_sum = pen_sum = 0.0
     n = 0
     use_penalty = dkm is not None and dkm.active
+    use_teacher = teacher is not None and distill is not None and distill.weight > 0
     bar = tqdm(batches, desc=bar_desc, leave=False, disable=not progress)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = nn.functional.cross_entropy(model(x), y)
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
         total = loss
+        if use_teacher:
+            with torch.no_grad():
+                teacher_logits = teacher(x)
+            total = distillation_loss(logits, teacher_logits, y, distill.weight, distill.temperature)
         if use_penalty and dkm.in_loss:
             pen = dkm.penalty()
-            total = loss + pen
+            total = total + pen
             pen_sum += float(pen.detach())
         optim.opt.zero_grad(set_to_none=True)
         total.backward()
@@ -239,6 +260,22 @@ def _save(
     save_checkpoint(checkpoint, state)
 
 
+@contextmanager
+def _teaching(teacher: nn.Module | None, device: torch.device) -> Iterator[None]:
+    """Hold ``teacher`` in eval mode on ``device`` for a stage; its mode and device are restored afterwards."""
+    if teacher is None:
+        yield
+        return
+    was_training = teacher.training
+    param = next(teacher.parameters(), None)
+    home = param.device if param is not None else device
+    teacher.to(device).eval()
+    try:
+        yield
+    finally:
+        teacher.to(home).train(was_training)
+
+
 def fit(
     model: nn.Module,
     loop: Loop,
@@ -249,9 +286,13 @@ def fit(
     dkm: Lifecycle | None = None,
     on_epoch: Callable[[nn.Module, EpochLog], None] | None = None,
     meta: dict[str, Any] | None = None,
+    teacher: nn.Module | None = None,
+    distill: DistillConfig | None = None,
 ) -> list[EpochLog]:
     """Train ``cfg.epochs`` epochs (with ``dkm``'s penalty if given), checkpointing after each; resumes from
     ``checkpoint`` if it holds the same stage. ``model`` may be a DDP wrapper; checkpoints hold the inner module.
+    ``teacher`` with ``distill.weight > 0``: also distil its outputs (see :mod:`deepkmeans.distill`); the teacher
+    is not trained, and its mode and device are as they were afterwards.
     """
     inner = model.module if hasattr(model, "module") else model
     optim = _Optimizer.build(model, cfg, len(loop.train))
@@ -260,27 +301,31 @@ def fit(
     if checkpoint is not None and Path(checkpoint).is_file():
         start, history = _resume(Path(checkpoint), stage, cfg, inner, optim, dkm)
     model.to(loop.device).train()
-    for epoch in range(start, cfg.epochs):
-        loop.train.set_epoch(epoch)
-        t0 = time.perf_counter()
-        desc = f"{stage} {epoch + 1}/{cfg.epochs}"
-        task_sum, pen_sum, n = train_epoch(model, loop.train, optim, dkm, loop.device, desc, loop.show_progress())
-        seconds = time.perf_counter() - t0
-        if not math.isfinite(task_sum):
-            raise DeepKMeansError(
-                f"{stage} diverged in epoch {epoch + 1} (loss is not finite); lower the learning rate"
+    with _teaching(teacher, loop.device):
+        for epoch in range(start, cfg.epochs):
+            loop.train.set_epoch(epoch)
+            t0 = time.perf_counter()
+            desc = f"{stage} {epoch + 1}/{cfg.epochs}"
+            show = loop.show_progress()
+            task_sum, pen_sum, n = train_epoch(
+                model, loop.train, optim, dkm, loop.device, desc, show, teacher=teacher, distill=distill
             )
-        test_loss, test_acc = evaluate(inner, loop.test, loop.device)
-        log = EpochLog(epoch + 1, task_sum / max(n, 1), pen_sum / max(n, 1), test_loss, test_acc, seconds)
-        if on_epoch is not None:
-            on_epoch(inner, log)
-        history.append(log)
-        if loop.is_main:
-            shown = f" penalty {log.penalty:.4g}" if dkm is not None and dkm.active else ""
-            tqdm.write(
-                f"{stage} epoch {epoch + 1}/{cfg.epochs}: loss {log.task_loss:.4f}{shown}"
-                f" test acc {100 * test_acc:.2f}% ({seconds:.1f}s)"
-            )
-        if checkpoint is not None and loop.is_main:
-            _save(Path(checkpoint), stage, cfg, inner, optim, history, meta, dkm)
+            seconds = time.perf_counter() - t0
+            if not math.isfinite(task_sum):
+                raise DeepKMeansError(
+                    f"{stage} diverged in epoch {epoch + 1} (loss is not finite); lower the learning rate"
+                )
+            test_loss, test_acc = evaluate(inner, loop.test, loop.device)
+            log = EpochLog(epoch + 1, task_sum / max(n, 1), pen_sum / max(n, 1), test_loss, test_acc, seconds)
+            if on_epoch is not None:
+                on_epoch(inner, log)
+            history.append(log)
+            if loop.is_main:
+                shown = f" penalty {log.penalty:.4g}" if dkm is not None and dkm.active else ""
+                tqdm.write(
+                    f"{stage} epoch {epoch + 1}/{cfg.epochs}: loss {log.task_loss:.4f}{shown}"
+                    f" test acc {100 * test_acc:.2f}% ({seconds:.1f}s)"
+                )
+            if checkpoint is not None and loop.is_main:
+                _save(Path(checkpoint), stage, cfg, inner, optim, history, meta, dkm)
     return history

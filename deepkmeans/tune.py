@@ -36,6 +36,8 @@ from deepkmeans.train import evaluate
 KS = (4, 8, 16, 32, 64, 128)
 PS = (0.0, 0.5, 0.8, 0.9, 0.95)
 LINEAR_DS = (1, 2, 5, 10, 20)
+WIDTHS = (32, 8)  # bits of stored centers and bias (16 on request: on the models measured it loses as little as 8)
+BETAS = (0.0,)  # rate-aware assignment (on request: each beta multiplies the candidates measured)
 SENSITIVITY_IMAGES = 1000  # validation examples each single-layer candidate is measured on (the joint check: all)
 GRID_STEPS = 12  # compression ratios tried (geometric up to the target) when searching a maximum accuracy drop
 
@@ -79,11 +81,14 @@ def linear_row_lengths(width: int) -> list[int]:
 class Grid:
     """The candidates tried per layer: centers ``ks``, sparsities ``ps`` and row lengths ``d``: None for the
     kernel width of convolutions (the paper's rows) and small divisors of the input width of linear layers
-    (:func:`linear_row_lengths`), or one length for every layer (e.g. 1: scalar sharing)."""
+    (:func:`linear_row_lengths`), or one length for every layer (e.g. 1: scalar sharing); the storage
+    ``widths`` of centers and bias, and the rate-aware assignment weights ``betas``."""
 
     ks: tuple[int, ...] = KS
     ps: tuple[float, ...] = PS
     d: int | None = None
+    widths: tuple[int, ...] = WIDTHS
+    betas: tuple[float, ...] = BETAS
 
     def row_lengths(self, shape: tuple[int, ...]) -> list[int]:
         if self.d is not None:
@@ -97,7 +102,9 @@ class Grid:
             for k in self.ks:
                 if k < math.prod(shape) // d:
                     for p in self.ps:
-                        yield LayerSpec(K=k, p=p, d=d)
+                        for bits in self.widths:
+                            for beta in self.betas:
+                                yield LayerSpec(K=k, p=p, d=d, bits=bits, beta=beta)
 
 
 def sensitivities(
@@ -139,15 +146,19 @@ def pareto(cands: list[Candidate]) -> list[Candidate]:
 def sensitivity_table(result: TuneResult) -> str:
     """Markdown: per layer, the Pareto-optimal candidates (what the allocation chooses from), the choice marked."""
     lines = [
-        "| layer | K | p | d | paper bits | val loss, this layer alone shared | val accuracy | chosen |",
-        "|---|---|---|---|---|---|---|---|",
+        "| layer | K | p | d | bits | beta | paper bits | val loss, this layer alone shared | val accuracy | chosen |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, cands in result.candidates.items():
         for c in pareto(cands):
-            spec = ("dense", "-", "-") if c.spec is None else (c.spec.K, f"{c.spec.p:g}", c.spec.d)
+            spec = (
+                ("dense", "-", "-", "-", "-")
+                if c.spec is None
+                else (c.spec.K, f"{c.spec.p:g}", c.spec.d, c.spec.bits, f"{c.spec.beta:g}")
+            )
             mark = "**yes**" if c == result.chosen[name] else ""
             lines.append(
-                f"| {name} | {spec[0]} | {spec[1]} | {spec[2]} | {c.bits:.0f} | {c.val_loss:.4f}"
+                f"| {name} | {' | '.join(map(str, spec))} | {c.bits:.0f} | {c.val_loss:.4f}"
                 f" | {100 * c.val_acc:.2f}% | {mark} |"
             )
     return "\n".join(lines)

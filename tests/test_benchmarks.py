@@ -39,3 +39,17 @@ def test_convnet_benchmark_smoke(tmp_path: Path, mnist_dir: Path) -> None:
     assert "MNIST, not CIFAR-10" in page and (tmp_path / "c.png").is_file()
     rendered = convnet.main(["--render", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "c.md")])
     assert rendered.read_text() == page  # the page is rebuilt from the saved rows alone
+
+
+def test_frontier_variants_are_valid_configs_that_change_one_thing(tmp_path: Path) -> None:
+    frontier = _script("frontier")
+    base = frontier.variant_config("base", 1, tmp_path)
+    assert base.seed == base.compress.seed == 1 and base.out_dir == str(tmp_path / "seed1" / "base")
+    assert {spec.bits for spec in base.compress.layers.values()} == {8}
+    changed = {name: frontier.variant_config(name, 1, tmp_path) for name in frontier.VARIANTS}
+    assert changed["distill"].retrain.distill.weight == 0.5 and changed["ramp"].retrain.ramp == 0.5
+    assert {s.beta for s in changed["beta"].compress.layers.values()} == {0.01}
+    assert changed["importance"].importance == 64 and changed["finetune"].finetune.epochs == 2
+    assert {spec.bits for spec in changed["wide32"].compress.layers.values()} == {32}
+    for name in ("distill", "ramp", "beta", "importance", "finetune"):
+        assert changed[name].train == base.train and changed[name] != base

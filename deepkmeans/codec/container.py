@@ -3,7 +3,7 @@
 Layout (little endian)::
 
     magic   4 bytes  b"DKMC"
-    version u16      FORMAT_VERSION (this build reads versions 1 and 2)
+    version u16      FORMAT_VERSION (this build reads versions 1 to 3); 3 only when a layer is stored narrow
     flags   u16      0 (reserved)
     crc32   u32      CRC-32 of the payload
     length  u64      payload length in bytes
@@ -28,18 +28,19 @@ import torch
 from deepkmeans.errors import FormatError
 
 MAGIC = b"DKMC"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 _HEADER = struct.Struct("<4sHHIQI")
 HEADER_SIZE = _HEADER.size
 META_KEY = "deepkmeans"
 
 
-def pack(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
-    """Serialize metadata + named tensors into container bytes (deterministic for equal inputs)."""
+def pack(meta: dict[str, Any], tensors: dict[str, torch.Tensor], version: int = FORMAT_VERSION) -> bytes:
+    """Serialize metadata + named tensors into container bytes (deterministic for equal inputs); ``version``: the
+    oldest format that holds what ``meta`` describes, so older readers still open the files they can read."""
     doc = json.dumps(meta, sort_keys=True, separators=(",", ":"))
     payload = safetensors.torch.save({k: v.contiguous() for k, v in tensors.items()}, {META_KEY: doc})
-    return _HEADER.pack(MAGIC, FORMAT_VERSION, 0, zlib.crc32(payload), len(payload), 0) + payload
+    return _HEADER.pack(MAGIC, version, 0, zlib.crc32(payload), len(payload), 0) + payload
 
 
 def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -50,7 +51,7 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
     if magic != MAGIC:
         raise FormatError(f"{source}: not a deepkmeans compressed file (bad magic {magic!r})")
     if version not in READABLE_VERSIONS:
-        readable = " and ".join(map(str, READABLE_VERSIONS))
+        readable = ", ".join(map(str, READABLE_VERSIONS))
         raise FormatError(f"{source}: format version {version} is not supported (this build reads versions {readable})")
     payload = data[HEADER_SIZE:]
     if len(payload) != length:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepkmeans.codec.container import pack, read_file, unpack
+from deepkmeans.cluster import narrow
+from deepkmeans.codec.container import FORMAT_VERSION, pack, read_file, unpack
 from deepkmeans.codec.entropy import decode_indexes, encode_indexes
 from deepkmeans.errors import DeepKMeansError, FormatError
 from deepkmeans.fileio import write_atomic
@@ -23,7 +24,11 @@ CENTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 @dataclass
 class LayerCode:
-    """One weight-shared layer: K centers of length d and one center index per row."""
+    """One weight-shared layer: K centers of length d and one center index per row.
+
+    ``bits`` < 32: the centers and the layer's ``bias`` are stored at that width (float16, or 8-bit codes on
+    the grids ``grid`` / ``bias_grid``); ``centers`` and ``bias`` hold the values they stand for.
+    """
 
     shape: tuple[int, ...]
     d: int
@@ -32,6 +37,10 @@ class LayerCode:
     assignments: torch.Tensor  # (N,) integer
     tied: tuple[str, ...] = ()  # other modules whose weight is this same tensor
     coded: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False, compare=False)
+    bits: int = 32
+    grid: torch.Tensor | None = None
+    bias: torch.Tensor | None = None  # the module's bias when stored narrow with the centers (bits < 32)
+    bias_grid: torch.Tensor | None = None
 
     @property
     def k(self) -> int:
@@ -69,9 +78,12 @@ class CompressedModel:
     model: dict[str, Any] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
 
+    def _biases(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.bias": code.bias for name, code in self.layers.items() if code.bias is not None}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """A full state dict with shared weights expanded (tied keys included), ready for ``load_state_dict``."""
-        state = dict(self.dense)
+        state = dict(self.dense) | self._biases()
         for name, code in self.layers.items():
             weight = code.weight()
             state.update({f"{n}.weight": weight for n in (name, *code.tied)})
@@ -80,13 +92,13 @@ class CompressedModel:
 
     def state_dict_dense(self) -> dict[str, torch.Tensor]:
         """The tensors that are not shared weights, tied keys included (nothing is expanded)."""
-        state = dict(self.dense)
+        state = dict(self.dense) | self._biases()
         state.update({alias: state[target] for alias, target in self.aliases.items() if target in state})
         return state
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every state-dict key the file declares and its shape, without expanding anything."""
-        shapes = {k: tuple(v.shape) for k, v in self.dense.items()}
+        shapes = {k: tuple(v.shape) for k, v in (self.dense | self._biases()).items()}
         for name, code in self.layers.items():
             shapes.update({f"{n}.weight": code.shape for n in (name, *code.tied)})
         shapes.update({alias: shapes[target] for alias, target in self.aliases.items()})
@@ -112,23 +124,30 @@ def weight_limit(file_bytes: int) -> int:
 
 
 def to_bytes(cm: CompressedModel) -> bytes:
-    """Serialize: centers in their dtype, indexes rANS-coded, every other tensor raw, ties by name."""
+    """Serialize: centers in their dtype (or narrower), indexes rANS-coded, every other tensor raw, ties by name.
+
+    A file with a layer stored below 32 bits is format version 3; one without stays version 2, byte for byte.
+    """
     tensors: dict[str, torch.Tensor] = {}
     layers_meta: dict[str, Any] = {}
     for name, code in cm.layers.items():
         words, counts = code.stream
-        tensors[f"shared/{name}/centers"] = code.centers.detach().cpu()
+        tensors[f"shared/{name}/centers"] = narrow.encode(code.centers, code.bits, code.grid).cpu()
         if words.size:
             tensors[f"shared/{name}/indexes"] = torch.from_numpy(words)
         layers_meta[name] = {"shape": list(code.shape), "d": code.d, "p": code.sparsity_p, "counts": counts.tolist()}
         if code.tied:
             layers_meta[name]["tied"] = list(code.tied)
+        if code.bits < 32:
+            layers_meta[name]["bits"] = code.bits
+            tensors.update(_narrow_tensors(name, code))
     for name, tensor in cm.dense.items():
         tensors[f"dense/{name}"] = tensor.detach().cpu()
     meta: dict[str, Any] = {"model": cm.model, "layers": layers_meta}
     if cm.aliases:
         meta["aliases"] = dict(cm.aliases)
-    data = pack(meta, tensors)
+    narrow_file = any(code.bits < 32 for code in cm.layers.values())
+    data = pack(meta, tensors, version=FORMAT_VERSION if narrow_file else 2)
     limit = weight_limit(len(data))
     if cm.shared_weights > limit:
         raise DeepKMeansError(
@@ -139,17 +158,32 @@ def to_bytes(cm: CompressedModel) -> bytes:
     return data
 
 
+def _narrow_tensors(name: str, code: LayerCode) -> dict[str, torch.Tensor]:
+    """The 8-bit grids and the narrow bias of a layer stored below 32 bits."""
+    out = {}
+    if code.bits == 8:
+        out[f"shared/{name}/grid"] = code.grid.detach().cpu().to(torch.float32)
+    if code.bias is not None:
+        out[f"shared/{name}/bias"] = narrow.encode(code.bias, code.bits, code.bias_grid).cpu()
+        if code.bits == 8:
+            out[f"shared/{name}/bias_grid"] = code.bias_grid.detach().cpu().to(torch.float32)
+    return out
+
+
 def _int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} must be an integer, got {type(value).__name__}")
     return value
 
 
-def _check_entry(info: Any) -> tuple[tuple[int, ...], int, float, list[int], tuple[str, ...]]:
-    """The validated fields of one layer entry: shape, d, p, counts and tied module names."""
+def _check_entry(info: Any) -> tuple[tuple[int, ...], int, float, list[int], tuple[str, ...], int]:
+    """The validated fields of one layer entry: shape, d, p, counts, tied module names and value width."""
     if not isinstance(info, dict) or not {"shape", "d", "p", "counts"} <= info.keys():
         raise ValueError("layer entry needs shape, d, p and counts")
     shape, counts, p, tied = info["shape"], info["counts"], info["p"], info.get("tied", [])
+    bits = _int(info.get("bits", 32), "bits")
+    if bits not in narrow.WIDTHS:
+        raise ValueError(f"bits must be one of {', '.join(map(str, narrow.WIDTHS))}, got {bits}")
     if not isinstance(shape, list) or not 1 <= len(shape) <= _MAX_NDIM:
         raise ValueError(f"shape must be a list of 1 to {_MAX_NDIM} sizes")
     shape = tuple(_int(s, "shape") for s in shape)
@@ -165,12 +199,12 @@ def _check_entry(info: Any) -> tuple[tuple[int, ...], int, float, list[int], tup
         raise ValueError("shape sizes and d must be >= 1, counts >= 0")
     if not isinstance(tied, list) or not all(isinstance(t, str) and t for t in tied):
         raise ValueError("tied must be a list of module names")
-    return shape, d, float(p), counts, tuple(tied)
+    return shape, d, float(p), counts, tuple(tied), bits
 
 
 def _layer_from(name: str, info: Any, tensors: dict[str, torch.Tensor], budget: int, limit: int) -> LayerCode:
     """Validate one layer entry against its tensors, then decode it; ``budget`` bounds its element count."""
-    shape, d, p, counts, tied = _check_entry(info)
+    shape, d, p, counts, tied, bits = _check_entry(info)
     numel = math.prod(shape)
     if numel > budget:
         raise ValueError(
@@ -179,15 +213,41 @@ def _layer_from(name: str, info: Any, tensors: dict[str, torch.Tensor], budget: 
         )
     k = len(counts)
     centers = tensors.get(f"shared/{name}/centers")
-    if centers is None or centers.dtype not in CENTER_DTYPES or tuple(centers.shape) != (k, d):
-        raise ValueError(f"centers must be a float32, float16 or bfloat16 ({k}, {d}) tensor")
+    dtypes = {32: CENTER_DTYPES, 16: (torch.float16,), 8: (torch.uint8,)}[bits]
+    if centers is None or centers.dtype not in dtypes or tuple(centers.shape) != (k, d):
+        kinds = ", ".join(str(t).removeprefix("torch.") for t in dtypes)
+        raise ValueError(f"centers must be a ({k}, {d}) tensor of {kinds} for {bits}-bit values")
     if numel % d or sum(counts) != numel // d:
         raise ValueError("inconsistent shape, row length and counts")
     words = tensors.get(f"shared/{name}/indexes", torch.zeros(0, dtype=torch.uint32))
     if words.dtype != torch.uint32:
         raise ValueError("index stream must be a 1-D uint32 array")
     assignments = decode_indexes(words.numpy(), np.asarray(counts, dtype=np.int64))
-    return LayerCode(shape, d, p, centers.clone(), torch.from_numpy(assignments), tied)
+    code = LayerCode(shape, d, p, centers.clone(), torch.from_numpy(assignments), tied)
+    return _narrow_values(name, code, bits, tensors) if bits < 32 else code
+
+
+def _grid(tensors: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    grid = tensors.get(key)
+    if grid is None or grid.dtype != torch.float32 or tuple(grid.shape) != (2,):
+        raise ValueError(f"{key} must be a float32 (2,) tensor [offset, scale]")
+    if not bool(torch.isfinite(grid).all()) or float(grid[1]) <= 0:
+        raise ValueError(f"{key} must hold a finite offset and a positive finite scale")
+    return grid.clone()
+
+
+def _narrow_values(name: str, code: LayerCode, bits: int, tensors: dict[str, torch.Tensor]) -> LayerCode:
+    """Decode the centers and the bias of a layer stored at ``bits`` < 32 into float32 values."""
+    code.bits = bits
+    code.grid = _grid(tensors, f"shared/{name}/grid") if bits == 8 else None
+    code.centers = narrow.decode(code.centers, bits, torch.float32, code.grid)
+    bias = tensors.get(f"shared/{name}/bias")
+    if bias is not None:
+        if bias.dtype != (torch.uint8 if bits == 8 else torch.float16) or bias.ndim != 1:
+            raise ValueError(f"the {bits}-bit bias must be a 1-D {'uint8' if bits == 8 else 'float16'} tensor")
+        code.bias_grid = _grid(tensors, f"shared/{name}/bias_grid") if bits == 8 else None
+        code.bias = narrow.decode(bias.clone(), bits, torch.float32, code.bias_grid)
+    return code
 
 
 def from_bytes(data: bytes, source: str = "<bytes>", max_weights: int | None = None) -> CompressedModel:
@@ -212,6 +272,7 @@ def _decode(meta: dict[str, Any], tensors: dict[str, torch.Tensor], source: str,
             raise FormatError(f"{source}: layer {name!r}: {exc}") from None
     dense = {k[len("dense/") :]: v for k, v in tensors.items() if k.startswith("dense/")}
     keys = [*dense, *(f"{n}.weight" for name, code in layers.items() for n in (name, *code.tied))]
+    keys += [f"{name}.bias" for name, code in layers.items() if code.bias is not None]
     if len(set(keys)) != len(keys):
         raise FormatError(f"{source}: a tensor is declared twice (shared, tied or dense)")
     cm = CompressedModel(layers, dense, model, {})

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from deepkmeans.cluster.quantize import cluster_rows, refine_rows
+from deepkmeans.cluster.quantize import cluster_rows, refine_rows, sparse_count
 from deepkmeans.cluster.rows import to_rows
 from deepkmeans.config import RegularizerConfig
 from deepkmeans.errors import PlanWarning
@@ -70,6 +70,28 @@ class PenaltyState:
                 weights[name].register_post_accumulate_grad_hook(self._gradient_hook(name)) for name in self.state
             ]
 
+    def ramp_at(self, steps: int) -> float:
+        """How far the ramp has come after ``steps``: lam and p are this fraction of their values."""
+        return min(1.0, steps / self.config.ramp_steps) if self.config.ramp_steps else 1.0
+
+    @property
+    def ramp(self) -> float:
+        return self.ramp_at(self.steps)
+
+    def _assignments(self, name: str, rows: torch.Tensor, spec: ResolvedSpec) -> torch.Tensor:
+        """k-means assignments of one layer: warm-started from the last refresh's F, unless the ramp of p has
+        just made (or unmade) the dominant cluster since then, which needs k-means++ again."""
+        p = spec.sparsity_p * self.ramp
+
+        def split(sparsity_p: float) -> bool:
+            return spec.k > 1 and sparse_count(rows.shape[0], sparsity_p) > 0
+
+        before = spec.sparsity_p * self.ramp_at(max(self.steps - self.config.refresh_every, 0))
+        previous = self.state.get(name)
+        if previous is None or split(p) != split(before):
+            return cluster_rows(rows, spec.k, p, seed=self.seeds[name], beta=spec.beta).assignments
+        return refine_rows(rows, previous, spec.k, p, beta=spec.beta).assignments
+
     def refresh(self) -> None:
         """Recompute F (spectral basis or k-means assignments) from the current weights."""
         for name, spec in self.specs.items():
@@ -78,10 +100,8 @@ class PenaltyState:
             rows = to_rows(self.weights[name].detach(), spec.d)
             if self.config.method == "spectral":
                 value = spectral_basis(rows, spec.k)
-            elif name in self.state:
-                value = refine_rows(rows, self.state[name], spec.k, spec.sparsity_p).assignments
             else:
-                value = cluster_rows(rows, spec.k, spec.sparsity_p, seed=self.seeds[name]).assignments
+                value = self._assignments(name, rows, spec)
             if dist.is_available() and dist.is_initialized():
                 # Rank 0's F is the one every rank uses, so all replicas optimise the same objective.
                 value = value.contiguous()
@@ -105,10 +125,16 @@ class PenaltyState:
                 out[name] = kmeans_penalty(rows, value, self.specs[name].k, self.partitions[name])
         return out
 
+    @property
+    def lam(self) -> float:
+        """The penalty weight now (lam, ramped)."""
+        return self.config.lam * self.ramp
+
     def _gradient_hook(self, name: str):  # noqa: ANN202 - a hook closure
-        d, lam = self.specs[name].d, self.config.lam
+        d = self.specs[name].d
 
         def hook(weight: torch.Tensor) -> None:
+            lam = self.lam
             with torch.no_grad():
                 rows, grad_rows = to_rows(weight.detach(), d), to_rows(weight.grad, d)
                 if self.config.method == "spectral":
@@ -125,7 +151,7 @@ class PenaltyState:
             terms = list(self.layer_penalties().values())
         if not terms:
             return None
-        return 0.5 * self.config.lam * torch.stack(terms).sum()
+        return 0.5 * self.lam * torch.stack(terms).sum()
 
     def close(self) -> None:
         """Remove the gradient hooks (apply 'gradient')."""

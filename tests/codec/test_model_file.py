@@ -7,7 +7,7 @@ from torch import nn
 
 from deepkmeans import compress, load, materialize, save
 from deepkmeans.codec import model_file
-from deepkmeans.codec.container import HEADER_SIZE, MAGIC
+from deepkmeans.codec.container import HEADER_SIZE, MAGIC, pack, unpack
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
 from deepkmeans.files import load_compressed
@@ -196,3 +196,64 @@ def test_half_precision_models_roundtrip(tmp_path: Path, dtype: torch.dtype) -> 
     expected = materialize(shared).state_dict()
     assert all(torch.equal(expected[k], v) and v.dtype == expected[k].dtype for k, v in loaded.state_dict().items())
     assert load_compressed(path).layers["fc1"].centers.dtype == dtype
+
+
+GOLDEN_V3 = Path(__file__).with_name("golden_tiny_v3.dkm")
+
+
+def _golden_narrow_model() -> nn.Module:
+    """TinyV1 with the conv stored at 16 bits and the linear layer (and its bias) at 8 bits on hand-set grids."""
+    model = _fill(TinyV1())
+    share_(model.conv, torch.tensor([[1.0, -2.0, 0.5], [0.0, 0.25, 3.0]]), torch.tensor([0, 1, 1, 0, 0, 1]), bits=16)
+    # centers grid: offset -1, scale 0.5 (codes 3, 1, 6, 4, 0, 2); bias grid: offset -3, scale 0.25 (codes 4, 13)
+    grids = (torch.tensor([-1.0, 0.5]), torch.tensor([-3.0, 0.25]))
+    with torch.no_grad():
+        model.fc.bias.copy_(torch.tensor([-2.0, 0.25]))
+    share_(
+        model.fc,
+        torch.tensor([[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]),
+        torch.tensor([2, 0, 1, 1]),
+        0.5,
+        bits=8,
+        grids=grids,
+    )
+    return model
+
+
+def test_golden_bytes_narrow_format_3(tmp_path: Path) -> None:
+    """Format version 3 (centers and bias at 16 or 8 bits) pinned byte for byte, and what it decodes to."""
+    path = tmp_path / "tiny3.dkm"
+    save(_golden_narrow_model(), path, {"name": "tiny", "dataset": "none"})
+    if os.environ.get("DEEPKMEANS_WRITE_GOLDEN") == "1":
+        GOLDEN_V3.write_bytes(path.read_bytes())
+    assert path.read_bytes() == GOLDEN_V3.read_bytes()
+    assert GOLDEN_V3.read_bytes()[4:6] == b"\x03\x00"
+    meta, tensors = unpack(GOLDEN_V3.read_bytes())
+    assert tensors["shared/fc/centers"].tolist() == [[3, 1], [6, 4], [0, 2]]
+    assert tensors["shared/fc/bias"].tolist() == [4, 13]
+    assert tensors["shared/conv/centers"].dtype == torch.float16 and meta["layers"]["conv"]["bits"] == 16
+    cm = model_file.load(GOLDEN_V3)
+    assert cm.layers["fc"].centers.tolist() == [[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]
+    assert cm.layers["fc"].bias.tolist() == [-2.0, 0.25]
+    expected = materialize(_golden_narrow_model())
+    x = torch.randn(2, 1, 5, 5)
+    for materialized in (True, False):
+        assert torch.equal(load(GOLDEN_V3, model=TinyV1(), materialize=materialized)(x), expected(x))
+
+
+def test_narrow_fields_are_validated(tmp_path: Path) -> None:
+    meta, tensors = unpack(GOLDEN_V3.read_bytes())
+    cases = {
+        "bits 4": ({"bits": 4}, {}, "bits must be one of"),
+        "float centers at 8 bits": ({}, {"shared/fc/centers": torch.zeros(3, 2)}, "uint8"),
+        "no grid": ({}, {"shared/fc/grid": None}, "grid"),
+        "zero scale": ({}, {"shared/fc/grid": torch.tensor([0.0, 0.0])}, "positive"),
+        "float bias": ({}, {"shared/fc/bias": torch.zeros(2)}, "bias"),
+    }
+    for name, (entry, changed, message) in cases.items():
+        layers = {**meta["layers"], "fc": {**meta["layers"]["fc"], **entry}}
+        edited = {k: v for k, v in {**tensors, **changed}.items() if v is not None}
+        target = tmp_path / f"{name}.dkm"
+        target.write_bytes(pack({**meta, "layers": layers}, edited))
+        with pytest.raises(FormatError, match=message):
+            load(target, model=TinyV1())

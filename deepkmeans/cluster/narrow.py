@@ -1,0 +1,58 @@
+"""Narrow values: a layer's centers and bias stored in 16 or 8 bits instead of 32.
+
+* 16 bits: IEEE half precision (the values rounded to float16).
+* 8 bits: a per-tensor affine grid ``offset + q * scale`` with ``q`` in ``[0, 255]``; the grid (two
+  float32 numbers) is fixed when the layer is shared and stored beside the codes, so values already on it
+  round-trip bit for bit (the codes of ``offset + q * scale`` are ``q`` again).
+* 32 bits: the values as they are (the layer's own dtype).
+
+The rounding is a straight-through estimator inside a parametrization's forward, so training the centers
+(center fine-tuning) sees the stored values in the forward pass and still moves the float32 originals.
+"""
+
+from __future__ import annotations
+
+import torch
+
+WIDTHS = (32, 16, 8)
+LEVELS = 255  # 8-bit codes 0..255
+GRID_BITS = 64  # an 8-bit tensor's grid: offset and scale, two float32
+
+
+def stored_bits(numel: int, bits: int, dtype_bits: int = 32) -> int:
+    """Bits that ``numel`` values take at width ``bits`` (never more than their dtype), grid included."""
+    width = min(bits, dtype_bits)
+    return numel * width + (GRID_BITS if width == 8 else 0)
+
+
+def affine_grid(values: torch.Tensor) -> torch.Tensor:
+    """The 8-bit grid ``[offset, scale]`` (float32) spanning ``values``; scale 1 for a constant tensor."""
+    flat = values.detach().to(torch.float32).flatten()
+    low, high = (flat.min(), flat.max()) if flat.numel() else (flat.new_zeros(()), flat.new_zeros(()))
+    scale = (high - low) / LEVELS
+    return torch.stack([low, torch.where(scale > 0, scale, torch.ones_like(scale))])
+
+
+def encode(values: torch.Tensor, bits: int, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """What the file stores: float16 values, uint8 codes on ``grid``, or the values unchanged (32 bits)."""
+    if bits == 16:
+        return values.detach().to(torch.float16)
+    if bits == 8:
+        offset, scale = grid[0], grid[1]
+        return torch.round((values.detach().to(torch.float32) - offset) / scale).clamp(0, LEVELS).to(torch.uint8)
+    return values.detach()
+
+
+def decode(stored: torch.Tensor, bits: int, dtype: torch.dtype, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """The values ``stored`` stands for, in ``dtype``."""
+    if bits == 8:
+        return (grid[0] + stored.to(torch.float32) * grid[1]).to(dtype)
+    return stored.to(dtype)
+
+
+def round_to(values: torch.Tensor, bits: int, grid: torch.Tensor | None = None) -> torch.Tensor:
+    """``values`` rounded to what width ``bits`` can store, with a straight-through gradient."""
+    if bits >= 32 or (bits == 16 and values.element_size() <= 2):
+        return values
+    rounded = decode(encode(values, bits, grid), bits, values.dtype, grid)
+    return values + (rounded - values).detach()

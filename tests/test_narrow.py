@@ -1,0 +1,107 @@
+"""Centers and biases stored at 16 or 8 bits: what the file holds, what the accounting counts, round trips."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from deepkmeans import CompressConfig, LayerSpec, account, compress, load, materialize, save
+from deepkmeans.cluster.quantize import entropy_bits
+from deepkmeans.codec.container import unpack
+from deepkmeans.shared import shared_layers, snap_
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 6, 3)
+        self.fc = nn.Linear(24, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((2, 3)).repeat(1, 4))
+
+
+def _compressed(bits: int) -> nn.Module:
+    torch.manual_seed(0)
+    layers = {"conv": LayerSpec(K=4, bits=bits), "fc": LayerSpec(K=3, p=0.5, d=4, bits=bits)}
+    return compress(Net(), CompressConfig(layers=layers))
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_narrow_layers_are_counted_at_their_width(bits: int) -> None:
+    model = _compressed(bits)
+    rows = {la.name: la for la in account(model).layers}
+    for name, k, d, n_rows, n_bias in (("conv", 4, 3, 36, 6), ("fc", 3, 4, 30, 5)):
+        layer = shared_layers(model)[name]
+        h = entropy_bits(layer.assignments.long(), k)
+        grid = 64 if bits == 8 else 0  # offset and scale of each 8-bit grid, float32
+        # K*d centers at `bits` + N*H + the bias at `bits` (each 8-bit tensor with its grid)
+        expected = k * d * bits + grid + n_rows * h + n_bias * bits + grid
+        assert rows[name].bits_after == pytest.approx(expected)
+        assert rows[name].bits_before == (n_rows * d + n_bias) * 32
+    assert account(model).bits_before == (6 * 2 * 9 + 6 + 24 * 5 + 5) * 32
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_file_stores_narrow_tensors_and_reads_back_bit_for_bit(tmp_path: Path, bits: int) -> None:
+    model = _compressed(bits)
+    path = tmp_path / "m.dkm"
+    save(model, path)
+    data = path.read_bytes()
+    assert data[4:6] == (3).to_bytes(2, "little")  # narrow layers need format version 3
+    meta, tensors = unpack(data)
+    want = torch.float16 if bits == 16 else torch.uint8
+    assert tensors["shared/fc/centers"].dtype == want and tensors["shared/fc/bias"].dtype == want
+    assert "dense/fc.bias" not in tensors and "dense/conv.bias" not in tensors
+    assert meta["layers"]["fc"]["bits"] == bits
+    assert ("shared/fc/grid" in tensors) == (bits == 8)
+    loaded = load(path, model=Net(), materialize=False)
+    x = torch.randn(3, 2, 5, 5)
+    assert torch.equal(loaded(x), model(x))
+    for key, value in materialize(model).state_dict().items():
+        assert torch.equal(value, materialize(loaded).state_dict()[key]), key
+    # the values the model holds are the stored ones: at most 16-bit precision, or 256 levels per tensor
+    centers = shared_layers(loaded)["fc"].centers.detach()
+    if bits == 16:
+        assert torch.equal(centers, centers.half().float())
+    else:
+        assert len(set(loaded.fc.bias.tolist())) <= 5 and centers.unique().numel() <= 256
+
+
+def test_full_width_files_keep_format_version_2(tmp_path: Path) -> None:
+    path = tmp_path / "m.dkm"
+    save(_compressed(32), path)
+    assert path.read_bytes()[4:6] == (2).to_bytes(2, "little")
+
+
+def test_narrow_is_smaller_than_full_width(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    fc = nn.Sequential(nn.Linear(512, 256))
+    models = {
+        bits: compress(fc, CompressConfig(layers={"0": LayerSpec(K=256, d=8, bits=bits)})) for bits in (32, 16, 8)
+    }
+    sizes = {bits: save(m, tmp_path / f"{bits}.dkm") for bits, m in models.items()}
+    # 8 KiB of float32 centers and 1 KiB of bias shrink by 2x and 4x (the grids and their names cost a few bytes)
+    assert sizes[32] - sizes[16] > 4000 and sizes[16] - sizes[8] > 2000
+    crs = {bits: account(m).paper_cr for bits, m in models.items()}
+    assert crs[8] > crs[16] > crs[32]
+
+
+def test_training_moves_the_floats_and_snap_puts_them_back_on_the_grid() -> None:
+    model = _compressed(8)
+    layer = shared_layers(model)["fc"]
+    grid = layer.param.grid
+    weight_before = model.fc.weight.detach().clone()
+    with torch.no_grad():
+        layer.centers.add_(0.3 * grid[1])  # an optimizer step smaller than half an 8-bit step
+        model.fc.bias.add_(0.3 * layer.param.bias_grid[1])
+    steps = (layer.centers - grid[0]) / grid[1]
+    assert not torch.allclose(steps, steps.round(), atol=1e-3)
+    assert torch.equal(model.fc.weight, weight_before)  # the forward pass sees the stored (rounded) values
+    snap_(model)
+    steps = (layer.centers - grid[0]) / grid[1]
+    assert torch.allclose(steps, steps.round(), atol=1e-3)
+    bias_steps = (model.fc.bias - layer.param.bias_grid[0]) / layer.param.bias_grid[1]
+    assert torch.allclose(bias_steps, bias_steps.round(), atol=1e-3)
+    assert torch.equal(model.fc.weight, weight_before)
