@@ -53,3 +53,20 @@ def test_frontier_variants_are_valid_configs_that_change_one_thing(tmp_path: Pat
     assert {spec.bits for spec in changed["wide32"].compress.layers.values()} == {32}
     for name in ("distill", "ramp", "beta", "importance", "finetune"):
         assert changed[name].train == base.train and changed[name] != base
+
+
+def test_frontier_wrn_lands_each_variant_on_the_target_size() -> None:
+    import torch
+    from torch import nn
+
+    from deepkmeans import account, compress
+
+    wrn = _script("frontier_wrn")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3), nn.ReLU(), nn.Conv2d(16, 16, 3))
+    for name in ("plain", "8bit+bn+importance+beta"):
+        variant = wrn.VARIANTS[name]
+        plain = wrn.Variant(variant.what, variant.K, variant.bits, variant.beta)  # importance needs data
+        p = wrn.sparsity_for(model, plain, 25.0, 0, loop=None)
+        assert account(compress(model, wrn._layers(plain, p))).paper_cr >= 25.0
+        assert account(compress(model, wrn._layers(plain, p - 0.002))).paper_cr < 25.0  # the bisection's step
