@@ -42,7 +42,7 @@ from deepkmeans.fileio import write_atomic
 from deepkmeans.models import model_info
 from deepkmeans.pipeline import finetune, model_meta, pretrain, start_session
 from deepkmeans.train import Loop, evaluate, fit
-from deepkmeans.tune import Candidate, Grid, sensitivities, tune
+from deepkmeans.tuning import Candidate, Grid, sensitivities, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -120,7 +120,7 @@ def _sensitivity(model: nn.Module, val: Batches, loop: Loop, grid: Grid, cache: 
 EXTRA_PS = (0.98, 0.99)
 
 
-def _tuned(pretrained, val, loop, target, family, sens, grids, work) -> CompressConfig:  # noqa: ANN001
+def _tuned(pretrained, val, loop, target, family, sens, grids, work) -> CompressConfig:
     """The family's per-layer choice for ``target``; when its grid cannot reach the target, the grid gains the
     sparsities ``EXTRA_PS`` (measured once, cached) and the choice is made again."""
     try:
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> Path:
     return _write(args, argv, name, dense_acc, epoch_seconds, rows, seconds)
 
 
-def _save_rows(path: Path, args, argv, name, dense_acc, epoch_seconds, rows, seconds) -> None:  # noqa: ANN001
+def _save_rows(path: Path, args, argv, name, dense_acc, epoch_seconds, rows, seconds) -> None:
     """Everything the page is made of, so that ``--render`` rebuilds it without re-running anything."""
     data = {
         "resumed": getattr(args, "resumed", []),
@@ -237,7 +237,7 @@ def _effective(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **quick})
 
 
-def _methods(args, cfg, pretrained, loop, configs, target, work) -> list[Row]:  # noqa: ANN001
+def _methods(args, cfg, pretrained, loop, configs, target, work) -> list[Row]:
     """Rows a to e at one target size."""
     tag = f"{target:g}x"
 
@@ -316,7 +316,7 @@ def coreml_bits(model: nn.Module) -> tuple[float, float]:
     return dense, after
 
 
-def _coreml_rows(args, pretrained, loop, target, d_row) -> list[Row]:  # noqa: ANN001
+def _coreml_rows(args, pretrained, loop, target, d_row) -> list[Row]:
     """Post-training palettization and DKM fine-tuning, at the (n_bits, cluster_dim) closest to ``target``."""
     try:
         import coremltools.optimize.torch.palettization as pal
@@ -454,7 +454,7 @@ def _reading(rows: list[Row], targets: list[float]) -> list[str]:
     return lines
 
 
-def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: list[Row], seconds: float) -> Path:  # noqa: ANN001
+def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: list[Row], seconds: float) -> Path:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot = out.with_suffix(".png")

@@ -154,14 +154,14 @@ def coreml_table(work: Path) -> str:
     try:
         pal = cto.coreml.palettize_weights(base, cto.coreml.OptimizationConfig(global_config=config))
         rows.append(("vector palettization, 64 centers of 5 output channels (6 bits per 5 weights)", size(pal, "v6")))
-    except Exception as exc:  # noqa: BLE001 - report what this coremltools version refuses
+    except Exception as exc:
         rows.append((f"vector palettization (cluster_dim=5): refused ({type(exc).__name__}: {str(exc)[:80]})", 0))
     shared = convert(materialize(compact))
     config = cto.coreml.OpPalettizerConfig(mode="unique", weight_threshold=0)
     try:
         pal = cto.coreml.palettize_weights(shared, cto.coreml.OptimizationConfig(global_config=config))
         rows.append(("the weight-shared model, 'unique' mode (its own values as the LUT)", size(pal, "unique")))
-    except Exception as exc:  # noqa: BLE001 - report what this coremltools version refuses
+    except Exception as exc:
         rows.append((f"the weight-shared model, 'unique' mode: refused ({type(exc).__name__}: {str(exc)[:100]})", 0))
     dkm = save(compact, work / "lenet.dkm", {"name": "lenet5_caffe"})
     lines = ["| LeNet-5-Caffe as | bytes | vs .dkm |", "|---|---|---|"]

@@ -60,7 +60,7 @@ def _layers(variant: Variant, p: float) -> CompressConfig:
     return CompressConfig(layers={"type:Conv2d": LayerSpec(K=variant.K, p=p, bits=variant.bits, beta=variant.beta)})
 
 
-def sparsity_for(model, variant: Variant, target: float, seed: int, loop) -> float:  # noqa: ANN001
+def sparsity_for(model, variant: Variant, target: float, seed: int, loop) -> float:
     """The p at which the variant's paper-accounting CR is closest above ``target`` (bisection, 10 steps), with
     the variant's importance (it changes the assignments, so their entropy)."""
     importance = None
@@ -130,7 +130,7 @@ def _spread(values: list[float]) -> str:
     return f"{100 * statistics.mean(values):.2f}%" + (f" +- {100 * half:.2f}" if len(values) > 1 else "")
 
 
-def table(results: dict[str, list[tuple[Measurement, float, float]]], dense, target: float) -> str:  # noqa: ANN001
+def table(results: dict[str, list[tuple[Measurement, float, float]]], dense, target: float) -> str:
     lines = [
         f"| WRN-16-1, post-training at ~{target:g}x | K | bits | p (per seed) | paper CR | file CR"
         " | val acc | test acc | time (p search + compress) |",

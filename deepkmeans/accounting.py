@@ -31,7 +31,8 @@ def value_bits(tensor: torch.Tensor) -> int:
 class LayerAccount:
     """One module's parameters in the paper accounting, before and after sharing.
 
-    ``shared`` is False for a module left dense (then K, p, H and the coded size are ``None``);
+    ``shared`` is False for a module left dense (then K, p, H and the coded size are
+    ``None``; ``K`` and ``p`` as in :class:`LayerSpec`);
     ``n_rows`` and ``d`` are ``None`` for a module that has no row structure (e.g. a packed attention
     projection). ``note`` says what else matters (tied weights, why dense).
     """
@@ -41,8 +42,8 @@ class LayerAccount:
     shared: bool
     n_rows: int | None
     d: int | None
-    k: int | None
-    sparsity_p: float | None
+    K: int | None
+    p: float | None
     entropy_bits: float | None  # H, bits per index
     coded_bits: int | None  # real rANS stream size in bits
     bits_before: int
@@ -160,7 +161,7 @@ def _shared_row(name: str, module: nn.Module, layer: SharedLayer, params: list[t
         layer.param.shape,
         layer.centers,
         layer.assignments,
-        layer.param.sparsity_p,
+        layer.param.p,
         dense,
         int(words.size) * 32,
         note,

@@ -180,7 +180,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     from deepkmeans.jobs import tune_checkpoint
-    from deepkmeans.tune import BETAS, WIDTHS, Grid
+    from deepkmeans.tuning import BETAS, WIDTHS, Grid
 
     cfg = _config(args)
     validation = args.validation or cfg.validation or 5000
@@ -266,7 +266,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     result = export_file(args.file, args.output, args.format, args.dense)
     for layer in result.layers:
         how = f"{layer.index_bits}-bit indexes" if layer.index_bits else layer.note
-        print(f"  {layer.name}: K = {layer.k} centers, {how}")
+        print(f"  {layer.name}: K = {layer.K} centers, {how}")
     kind = "dense weights" if result.dense else "shared layers as Gather(centers, indexes)"
     print(f"wrote {result.path} ({result.bytes} bytes, {kind})")
 

@@ -26,7 +26,7 @@ from deepkmeans.shared import materialize, shared_layers
 OPSET = 21  # the first opset whose Cast takes 4-bit integers
 
 
-def _onnx():  # noqa: ANN202 - the onnx module, imported on use
+def _onnx():
     try:
         import onnx
     except ImportError:
@@ -39,7 +39,7 @@ class ExportedLayer:
     """How one shared weight went into the ONNX graph."""
 
     name: str
-    k: int
+    K: int
     index_bits: int  # bits per stored index (0: left dense, see ``note``)
     note: str = ""
 
@@ -54,7 +54,7 @@ class OnnxExport:
     dense: bool
 
 
-def _index_tensor(name: str, assignments: np.ndarray, k: int):  # noqa: ANN202 - an onnx TensorProto
+def _index_tensor(name: str, assignments: np.ndarray, k: int):
     """Indexes as an initializer of the narrowest type: UINT4 (two per byte, low nibble first) for K <= 16."""
     onnx = _onnx()
     if k <= 16:
@@ -67,7 +67,7 @@ def _index_tensor(name: str, assignments: np.ndarray, k: int):  # noqa: ANN202 -
     return onnx.numpy_helper.from_array(assignments.astype(dtype), name), 8 * np.dtype(dtype).itemsize
 
 
-def _find_initializer(graph, name: str, weight: np.ndarray):  # noqa: ANN001, ANN202
+def _find_initializer(graph, name: str, weight: np.ndarray):
     """The initializer holding ``weight``: by its state-dict name, else by value."""
     onnx = _onnx()
     for init in graph.initializer:
@@ -79,12 +79,12 @@ def _find_initializer(graph, name: str, weight: np.ndarray):  # noqa: ANN001, AN
     return None
 
 
-def _share_initializer(graph, init, layer, shape: tuple[int, ...]) -> int:  # noqa: ANN001
+def _share_initializer(graph, init, layer, shape: tuple[int, ...]) -> int:
     """Replace a dense weight initializer by centers + indexes and the nodes that rebuild it; returns bits/index."""
     onnx = _onnx()
     prefix = init.name.replace("/", "_")
     centers = layer.centers.detach().cpu().to(torch.float32).numpy()
-    indexes, bits = _index_tensor(f"{prefix}.indexes", layer.assignments.cpu().numpy(), layer.param.k)
+    indexes, bits = _index_tensor(f"{prefix}.indexes", layer.assignments.cpu().numpy(), layer.param.K)
     graph.initializer.remove(init)
     graph.initializer.extend(
         [
@@ -133,10 +133,10 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, dense
             init = _find_initializer(proto.graph, f"{name}.weight", weight)
             if init is None:
                 note = "the exporter folded this weight into another tensor: left dense"
-                exported.append(ExportedLayer(name, layer.param.k, 0, note))
+                exported.append(ExportedLayer(name, layer.param.K, 0, note))
                 continue
             bits = _share_initializer(proto.graph, init, layer, tuple(weight.shape))
-            exported.append(ExportedLayer(name, layer.param.k, bits))
+            exported.append(ExportedLayer(name, layer.param.K, bits))
     onnx.checker.check_model(proto)
     data = proto.SerializeToString()
     write_atomic(path, data)

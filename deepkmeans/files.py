@@ -40,7 +40,7 @@ def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> Compr
         codes[name] = LayerCode(
             param.shape,
             param.d,
-            param.sparsity_p,
+            param.p,
             layer.centers.detach().cpu(),
             param.assignments.cpu(),
             layer.tied,

@@ -28,7 +28,7 @@ from deepkmeans.train import EpochLog, pick_device
 
 if TYPE_CHECKING:
     from deepkmeans.export import OnnxExport
-    from deepkmeans.tune import Grid, TuneResult
+    from deepkmeans.tuning import Grid, TuneResult
 
 
 def train_checkpoint(cfg: RunConfig, output: str | Path) -> list[EpochLog]:
@@ -147,7 +147,7 @@ def tune_checkpoint(
 ) -> TuneResult:
     """Choose per-layer K / p / d for a checkpoint on the last ``validation`` training images; writes a run config
     (``cfg`` with the chosen layers and the validation split) that run, retrain and compress accept."""
-    from deepkmeans.tune import Grid, sensitivity_table, tune
+    from deepkmeans.tuning import Grid, sensitivity_table, tune
 
     check_writable(output)
     loaded = _checkpoint(checkpoint)

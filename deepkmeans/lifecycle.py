@@ -127,7 +127,7 @@ class DeepKMeans:
             rows = to_rows(weight.detach().to(torch.float32), spec.d)
             weights = None if importance is None else to_rows(importance.to(rows), spec.d)
             seed = self.plan.shared[name].seed
-            clustering = cluster_rows(rows, spec.k, spec.sparsity_p, seed=seed, beta=spec.beta, importance=weights)
+            clustering = cluster_rows(rows, spec.K, spec.p, seed=seed, beta=spec.beta, importance=weights)
             cached = (key, clustering)
             self._clusterings[name] = cached
         return cached[1]
@@ -150,7 +150,7 @@ class DeepKMeans:
                 pl.shape,
                 clustering.centers.to(weight.dtype),
                 clustering.assignments,
-                pl.spec.sparsity_p,
+                pl.spec.p,
                 dense,
                 note=note,
                 bits=pl.spec.bits,
@@ -183,7 +183,7 @@ class DeepKMeans:
         for name, pl in self.plan.shared.items():
             c = clusterings[name]
             tied = [modules[t] for t in pl.tied]
-            share_(modules[name], c.centers, c.assignments, pl.spec.sparsity_p, tied, pl.spec.bits)
+            share_(modules[name], c.centers, c.assignments, pl.spec.p, tied, pl.spec.bits)
         if inplace:
             self._finalized = True
             if self._penalty is not None:

@@ -44,7 +44,8 @@ class Measurement:
         return self.accounting.file_bytes
 
 
-def _device_of(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's parameters live (CPU for a model without any)."""
     param = next(model.parameters(), None)
     return param.device if param is not None else torch.device("cpu")
 
@@ -78,8 +79,8 @@ def measure(
         file_bytes = save(model, save_to, meta)
         subject = load(save_to, model=materialize(model), materialize=False)
         equal, path = _same_state(model, subject), str(save_to)
-    device = device or _device_of(model)
-    if _device_of(subject) != device:
+    device = device or model_device(model)
+    if model_device(subject) != device:
         subject = (copy_module(subject) if subject is model else subject).to(device)
     loss, acc = evaluate(subject, batches, device)
     val_acc = None if val is None else evaluate(subject, val, device)[1]

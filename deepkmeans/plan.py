@@ -42,11 +42,12 @@ except AttributeError:  # pragma: no cover - older torch
 
 @dataclass(frozen=True)
 class ResolvedSpec:
-    """A layer's sharing target after defaults: K, sparsity p and row length d are all concrete; ``bits`` is the
+    """A layer's sharing target after defaults (spelled as in :class:`LayerSpec`): K, sparsity p and row length d
+    are all concrete; ``bits`` is the
     width of its stored centers and bias, ``beta`` the weight of rate-aware assignment (0: plain k-means)."""
 
-    k: int
-    sparsity_p: float
+    K: int
+    p: float
     d: int
     bits: int = 32
     beta: float = 0.0

@@ -46,7 +46,8 @@ def index_dtype(k: int) -> torch.dtype:
 class SharedWeight(nn.Module):
     """Parametrization ``centers (K, d) -> weight``: each row of the weight is the center its index names.
 
-    ``bits`` (32, 16 or 8) is the width the centers and the layer's bias are stored at; below 32 the forward
+    ``K`` and ``p`` as in :class:`~deepkmeans.config.LayerSpec`; ``bits`` (32, 16 or 8)
+    is the width the centers and the layer's bias are stored at; below 32 the forward
     pass rounds the centers to it (straight-through), and ``grid`` / ``bias_grid`` hold the fixed 8-bit grids.
     """
 
@@ -54,17 +55,17 @@ class SharedWeight(nn.Module):
         self,
         assignments: torch.Tensor,
         shape: tuple[int, ...],
-        k: int,
-        sparsity_p: float = 0.0,
+        K: int,
+        p: float = 0.0,
         bits: int = 32,
         grid: torch.Tensor | None = None,
         bias_grid: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
-        self.register_buffer("assignments", assignments.to(index_dtype(k)))
+        self.register_buffer("assignments", assignments.to(index_dtype(K)))
         self.shape = tuple(int(s) for s in shape)
-        self.k = int(k)
-        self.sparsity_p = float(sparsity_p)
+        self.K = int(K)
+        self.p = float(p)
         self.bits = int(bits)
         self.register_buffer("grid", None if grid is None else grid.to(torch.float32))
         self.register_buffer("bias_grid", None if bias_grid is None else bias_grid.to(torch.float32))
@@ -83,20 +84,20 @@ class SharedWeight(nn.Module):
         """The centers closest to ``weight`` for the fixed assignments: each cluster's mean row."""
         rows = to_rows(weight, self.d)
         index = self.assignments.long()
-        sums = rows.new_zeros(self.k, rows.shape[1]).index_add_(0, index, rows)
-        counts = torch.bincount(index, minlength=self.k).clamp_min(1).to(rows.dtype)
+        sums = rows.new_zeros(self.K, rows.shape[1]).index_add_(0, index, rows)
+        counts = torch.bincount(index, minlength=self.K).clamp_min(1).to(rows.dtype)
         return sums / counts[:, None]
 
     def stream(self) -> tuple[np.ndarray, np.ndarray]:
         """rANS-coded assignments and their counts, encoded once per assignment tensor (file, accounting, energy)."""
         key = (self.assignments.data_ptr(), self.assignments._version)
         if self._stream is None or self._stream[0] != key:
-            self._stream = (key, encode_indexes(self.assignments.cpu().numpy(), self.k))
+            self._stream = (key, encode_indexes(self.assignments.cpu().numpy(), self.K))
         return self._stream[1]
 
     def extra_repr(self) -> str:
         width = f", bits={self.bits}" if self.bits < 32 else ""
-        return f"K={self.k}, d={self.d}, rows={self.assignments.numel()}, p={self.sparsity_p:g}{width}"
+        return f"K={self.K}, d={self.d}, rows={self.assignments.numel()}, p={self.p:g}{width}"
 
 
 @dataclass(frozen=True)

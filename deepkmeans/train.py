@@ -115,7 +115,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's notes on unsafe pickles: the error below says it all
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is a user-facing error
+    except Exception as exc:
         raise DeepKMeansError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise DeepKMeansError(f"{path}: not a deepkmeans checkpoint (no model state)")

@@ -30,6 +30,7 @@ from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.data import Batches
 from deepkmeans.errors import ConfigError, DeepKMeansError
 from deepkmeans.lifecycle import compress
+from deepkmeans.measure import model_device
 from deepkmeans.plan import build_plan
 from deepkmeans.train import evaluate
 
@@ -109,8 +110,8 @@ class Grid:
 
 def sensitivities(
     model: nn.Module,
-    val: Batches,
-    device: torch.device,
+    val: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | None = None,
     layers: list[str] | None = None,
     seed: int = 0,
     progress: bool | None = None,
@@ -122,7 +123,8 @@ def sensitivities(
     plan = build_plan(model, CompressConfig())
     layers = layers or [pl.name for pl in plan.layers if pl.module_type != "Embedding"]
     jobs = [(pl.name, spec) for pl in plan.layers if pl.name in layers for spec in grid.specs(pl.shape)]
-    val = Batches(val.x[:SENSITIVITY_IMAGES], val.y[:SENSITIVITY_IMAGES], val.batch_size, False)
+    device = device or model_device(model)
+    val = _first_examples(val, SENSITIVITY_IMAGES)
     show = sys.stderr.isatty() if progress is None else progress
     loss, acc = evaluate(model, val, device)
     out = {name: [Candidate(name, None, _layer_bits(model, name), loss, acc)] for name in layers}
@@ -132,6 +134,23 @@ def sensitivities(
         loss, acc = evaluate(shared, val, device)
         out[name].append(Candidate(name, spec, row.bits_after, loss, acc))
     return out
+
+
+def _first_examples(val: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int) -> Batches:
+    """The first ``n`` examples of ``val`` (:class:`Batches`, a ``DataLoader`` or any iterable of ``(x, y)``
+    batches) as unshuffled batches of the same size."""
+    if isinstance(val, Batches):
+        return Batches(val.x[:n], val.y[:n], val.batch_size, False)
+    xs, ys, count = [], [], 0
+    for x, y in val:
+        xs.append(x)
+        ys.append(y)
+        count += len(y)
+        if count >= n:
+            break
+    if not xs:
+        raise ConfigError("tune: the validation data holds no batches")
+    return Batches(torch.cat(xs)[:n], torch.cat(ys)[:n], len(ys[0]), False)
 
 
 def pareto(cands: list[Candidate]) -> list[Candidate]:
@@ -216,7 +235,7 @@ def _fill(chosen: dict[str, Candidate], candidates: dict[str, list[Candidate]], 
         chosen[best.layer] = best
 
 
-def _joint(model: nn.Module, chosen: dict[str, Candidate], val: Batches, device: torch.device, seed: int):  # noqa: ANN202
+def _joint(model: nn.Module, chosen: dict[str, Candidate], val: Batches, device: torch.device, seed: int):
     config = CompressConfig(layers={name: c.spec for name, c in chosen.items()}, seed=seed)
     shared = compress(model, config)
     loss, acc = evaluate(shared, val, device)
@@ -225,8 +244,8 @@ def _joint(model: nn.Module, chosen: dict[str, Candidate], val: Batches, device:
 
 def tune(
     model: nn.Module,
-    val: Batches,
-    device: torch.device,
+    val: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | None = None,
     *,
     target_cr: float | None = None,
     max_drop: float | None = None,
@@ -238,9 +257,11 @@ def tune(
     """Choose K / p / d per layer on ``val`` for a paper-accounting ``target_cr``, or the largest CR whose
     validation accuracy drop stays within ``max_drop`` percentage points (both: the target, checked).
 
-    ``candidates``: sensitivities measured before (:func:`sensitivities`), to choose for several targets
-    without measuring again. Compression is post-training here; re-training with the chosen config then
-    recovers accuracy.
+    ``val``: :class:`~deepkmeans.data.Batches`, a ``DataLoader`` or any re-iterable of ``(x, y)`` batches of
+    held-out training examples, as :func:`~deepkmeans.measure.measure` takes; ``device``: where to evaluate
+    (default: where the model lives). ``candidates``: sensitivities measured before (:func:`sensitivities`),
+    to choose for several targets without measuring again. Compression is post-training here; re-training
+    with the chosen config then recovers accuracy.
     """
     if target_cr is None and max_drop is None:
         raise ConfigError("tune needs a target compression ratio, a maximum accuracy drop, or both")
@@ -249,6 +270,7 @@ def tune(
     if max_drop is not None and max_drop < 0:
         raise ConfigError(f"the maximum accuracy drop must be >= 0 points, got {max_drop}")
     started = time.perf_counter()
+    device = device or model_device(model)
     candidates = candidates or sensitivities(model, val, device, seed=seed, progress=progress, grid=grid)
     dense_loss, dense_acc = evaluate(model, val, device)
     total = account(model)
@@ -267,12 +289,12 @@ def tune(
     )
 
 
-def _largest_within(attempt, dense_acc: float, max_drop: float, target_cr: float | None):  # noqa: ANN001, ANN202
+def _largest_within(attempt, dense_acc: float, max_drop: float, target_cr: float | None):
     """The largest CR (up to ``target_cr``, else 1024) whose joint validation accuracy stays within ``max_drop``
     points. Accuracy is not monotone in the CR asked for (the allocation minimizes loss, not errors), so a
     geometric grid of CRs is checked, then bisected between the largest that held and the next."""
 
-    def within(cr: float):  # noqa: ANN202
+    def within(cr: float):
         try:
             result = attempt(cr)
         except DeepKMeansError:  # nothing fits this budget

@@ -74,7 +74,7 @@ def test_roundtrip_through_yaml() -> None:
         (lambda: TrainConfig(batch_size=0), "batch_size must be"),
     ],
 )
-def test_configs_built_in_python_are_validated(build, match: str) -> None:  # noqa: ANN001
+def test_configs_built_in_python_are_validated(build, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         build()
 

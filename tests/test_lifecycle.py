@@ -65,9 +65,9 @@ def test_layer_selection_by_name_pattern_type_and_none() -> None:
         ),
     )
     shared = plan.shared
-    assert shared["stem"].spec.k == 4
-    assert shared["blocks.1.shortcut"].spec.k == 2 and shared["blocks.1.shortcut"].spec.d == 1
-    assert shared["blocks.1.conv2"].spec.k == 8 and shared["blocks.1.conv2"].spec.sparsity_p == 0.5
+    assert shared["stem"].spec.K == 4
+    assert shared["blocks.1.shortcut"].spec.K == 2 and shared["blocks.1.shortcut"].spec.d == 1
+    assert shared["blocks.1.conv2"].spec.K == 8 and shared["blocks.1.conv2"].spec.p == 0.5
     assert shared["head"].spec.d == 4
     assert "blocks.0.conv2" not in shared and not plan["blocks.0.conv2"].why_dense  # asked dense: no note
     assert [pl.name for pl in plan.layers] == [
@@ -101,7 +101,7 @@ def test_retrain_in_own_loop_then_finalize_save_load(tmp_path: Path) -> None:
     assert [r.name for r in report] == list(dkm.plan.shared)
     assert sum(r.hardness for r in report) < sum(hardness0.values())  # harder assignments
     assert all(
-        r.account.k == (4 if r.name == "head" else 6) and r.account.bits_after < r.account.bits_before for r in report
+        r.account.K == (4 if r.name == "head" else 6) and r.account.bits_after < r.account.bits_before for r in report
     )
 
     before = {k: v.clone() for k, v in model.state_dict().items()}

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-import deepkmeans.tune as tune_module
+import deepkmeans.tuning as tune_module
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.config import load_config
@@ -14,7 +14,7 @@ from deepkmeans.data import Batches, load_splits
 from deepkmeans.files import load_model_file
 from deepkmeans.runs import RunFiles, RunMetrics
 from deepkmeans.train import evaluate, load_checkpoint
-from deepkmeans.tune import Candidate, Grid, allocate, linear_row_lengths, tune
+from deepkmeans.tuning import Candidate, Grid, allocate, linear_row_lengths, tune
 from tests.conftest import make_mnist_dir
 from tests.test_cli import _config
 
@@ -73,7 +73,7 @@ def test_tune_command_uses_validation_images_only_and_writes_a_config_run_accept
     seen: list[int] = []
     real_evaluate = tune_module.evaluate
 
-    def recording_evaluate(model, batches, device):  # noqa: ANN001, ANN202
+    def recording_evaluate(model, batches, device):
         seen.append(len(batches.x))
         return real_evaluate(model, batches, device)
 
@@ -125,3 +125,27 @@ def test_candidates_span_widths_and_betas_and_cost_what_they_store() -> None:
         # same clustering; 4*d centers and the 5 biases drop from 32 to 8 bits, plus two 64-bit grids
         assert wide.bits - narrow.bits == pytest.approx((4 * d + 5) * 24 - 128)
         assert shared[(d, 8, 0.5)].bits <= narrow.bits + 1e-6  # the rate term never costs bits here
+
+
+def test_allocation_spends_the_bits_the_price_leaves_unused() -> None:
+    def c(layer: str, bits: float, loss: float) -> Candidate:
+        return Candidate(layer, None, bits, loss, 0.0)
+
+    # No price per bit picks b's 15-bit candidate with a's 10-bit one: below 0.02 both upgrade (45 bits), up to
+    # 0.05 a takes 30 (40 bits), above it both stay at 10 (20 bits). 15 bits are left over; b's upgrade fits them.
+    candidates = {"a": [c("a", 10, 1.0), c("a", 30, 0.0)], "b": [c("b", 10, 1.0), c("b", 15, 0.9)]}
+    chosen = allocate(candidates, budget=35, dense_loss=0.0)
+    assert (chosen["a"].bits, chosen["b"].bits) == (10, 15)
+
+
+def test_budget_holds_the_bits_of_layers_that_are_not_candidates() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 64), nn.ReLU(), nn.Linear(64, 4))
+    x = torch.randn(64, 16, generator=torch.Generator().manual_seed(1))
+    val = Batches(x, model(x).argmax(1).detach(), 32, False)
+    grid = Grid(ks=(2, 4, 8), ps=(0.0,), widths=(32,))
+    # only the middle layer is a candidate; the other two (272 + 260 of 1,620 parameters) stay dense: a budget
+    # that forgot their bits would give the middle layer 21,600 bits and land near 2.3x
+    candidates = tune_module.sensitivities(model, val, torch.device("cpu"), layers=["2"], progress=False, grid=grid)
+    result = tune(model, val, torch.device("cpu"), target_cr=2.4, progress=False, candidates=candidates)
+    assert set(result.chosen) == {"2"} and result.paper_cr >= 2.4

@@ -33,7 +33,7 @@ def test_configs_reproduce_reference_presets_by_layer_name(preset: str) -> None:
     ref = yaml.safe_load(SHARED_PRESETS.read_text())[preset]
     assert [cfg.compress.layers[n].K for n in names] == ref["K"]
     assert [cfg.compress.layers[n].p for n in names] == pytest.approx(ref["p"])
-    assert [plan.shared[n].spec.k for n in names[1:]] == ref["K"][1:]
+    assert [plan.shared[n].spec.K for n in names[1:]] == ref["K"][1:]
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
         header_len = struct.unpack_from("<Q", payload)[0]
         header = json.loads(payload[8 : 8 + header_len])
         meta = json.loads(header["__metadata__"][META_KEY])
-    except Exception as exc:  # noqa: BLE001 - any parse failure of untrusted bytes is a format error
+    except Exception as exc:
         raise FormatError(f"{source}: malformed payload ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict):
         raise FormatError(f"{source}: malformed metadata")

@@ -118,7 +118,7 @@ def estimate_energy(model: nn.Module, input_shape: tuple[int, ...], batch: int =
     shared = {}
     for layer in shared_layers(model).values():
         words, _ = layer.param.stream()
-        info = (layer.assignments.cpu().numpy(), layer.param.k, words.size * 32 / layer.assignments.numel())
+        info = (layer.assignments.cpu().numpy(), layer.param.K, words.size * 32 / layer.assignments.numel())
         shared.update({name: info for name in (layer.name, *layer.tied)})
     modeled = {n for n, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)}
     try:

@@ -120,7 +120,7 @@ class _WithinClusterSS(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows: torch.Tensor, part: Partition) -> torch.Tensor:  # noqa: ANN001
+    def forward(ctx, rows: torch.Tensor, part: Partition) -> torch.Tensor:
         residual = kmeans_residual(rows, part)
         if residual.numel() <= SAVE_RESIDUAL_MAX:
             ctx.save_for_backward(residual)
@@ -131,7 +131,7 @@ class _WithinClusterSS(torch.autograd.Function):
         return torch.dot(flat, flat)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (saved,) = ctx.saved_tensors
         if hasattr(ctx, "part"):
             return kmeans_residual(saved, ctx.part).mul_(2.0 * grad), None

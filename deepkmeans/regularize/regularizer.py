@@ -49,11 +49,11 @@ class PenaltyState:
         self.weights, self.specs, self.seeds = weights, specs, seeds
         self.inactive: list[str] = []
         if config.method == "spectral":
-            self.inactive = [name for name, spec in specs.items() if spec.k >= spec.d]
+            self.inactive = [name for name, spec in specs.items() if spec.K >= spec.d]
             for name in self.inactive:
                 spec = specs[name]
                 warnings.warn(
-                    f"layer {name}: spectral penalty is identically zero for K={spec.k} >= d={spec.d}"
+                    f"layer {name}: spectral penalty is identically zero for K={spec.K} >= d={spec.d}"
                     " (rank(W) <= d); use method 'kmeans' for harder assignments",
                     PlanWarning,
                     stacklevel=3,
@@ -81,16 +81,16 @@ class PenaltyState:
     def _assignments(self, name: str, rows: torch.Tensor, spec: ResolvedSpec) -> torch.Tensor:
         """k-means assignments of one layer: warm-started from the last refresh's F, unless the ramp of p has
         just made (or unmade) the dominant cluster since then, which needs k-means++ again."""
-        p = spec.sparsity_p * self.ramp
+        p = spec.p * self.ramp
 
         def split(sparsity_p: float) -> bool:
-            return spec.k > 1 and sparse_count(rows.shape[0], sparsity_p) > 0
+            return spec.K > 1 and sparse_count(rows.shape[0], sparsity_p) > 0
 
-        before = spec.sparsity_p * self.ramp_at(max(self.steps - self.config.refresh_every, 0))
+        before = spec.p * self.ramp_at(max(self.steps - self.config.refresh_every, 0))
         previous = self.state.get(name)
         if previous is None or split(p) != split(before):
-            return cluster_rows(rows, spec.k, p, seed=self.seeds[name], beta=spec.beta).assignments
-        return refine_rows(rows, previous, spec.k, p, beta=spec.beta).assignments
+            return cluster_rows(rows, spec.K, p, seed=self.seeds[name], beta=spec.beta).assignments
+        return refine_rows(rows, previous, spec.K, p, beta=spec.beta).assignments
 
     def refresh(self) -> None:
         """Recompute F (spectral basis or k-means assignments) from the current weights."""
@@ -99,7 +99,7 @@ class PenaltyState:
                 continue
             rows = to_rows(self.weights[name].detach(), spec.d)
             if self.config.method == "spectral":
-                value = spectral_basis(rows, spec.k)
+                value = spectral_basis(rows, spec.K)
             else:
                 value = self._assignments(name, rows, spec)
             if dist.is_available() and dist.is_initialized():
@@ -111,7 +111,7 @@ class PenaltyState:
     def _set(self, name: str, value: torch.Tensor) -> None:
         if self.config.method == "kmeans":
             value = value.to(torch.int32)  # assignments: half the memory of int64 on large layers
-            self.partitions[name] = Partition.of(value, self.specs[name].k)
+            self.partitions[name] = Partition.of(value, self.specs[name].K)
         self.state[name] = value
 
     def layer_penalties(self) -> dict[str, torch.Tensor]:
@@ -122,7 +122,7 @@ class PenaltyState:
             if self.config.method == "spectral":
                 out[name] = spectral_penalty(rows, value)
             else:
-                out[name] = kmeans_penalty(rows, value, self.specs[name].k, self.partitions[name])
+                out[name] = kmeans_penalty(rows, value, self.specs[name].K, self.partitions[name])
         return out
 
     @property
@@ -130,7 +130,7 @@ class PenaltyState:
         """The penalty weight now (lam, ramped)."""
         return self.config.lam * self.ramp
 
-    def _gradient_hook(self, name: str):  # noqa: ANN202 - a hook closure
+    def _gradient_hook(self, name: str):
         d = self.specs[name].d
 
         def hook(weight: torch.Tensor) -> None:

@@ -25,7 +25,7 @@ def layer_table(acc: Accounting) -> str:
         elif la.note:
             name += f" ({la.note})"
         lines.append(
-            f"| {name} | {_fmt(la.n_rows, 'd')} | {_fmt(la.d, 'd')} | {_fmt(la.k, 'd')} | {_fmt(la.sparsity_p, '.2f')} "
+            f"| {name} | {_fmt(la.n_rows, 'd')} | {_fmt(la.d, 'd')} | {_fmt(la.K, 'd')} | {_fmt(la.p, '.2f')} "
             f"| {_fmt(la.entropy_bits, '.3f')} | {_fmt(coded, '.3f')} | {la.bits_before} | {la.bits_after:.0f} "
             f"| {100 * la.bits_before / total_before:.1f}% | {100 * la.bits_after / total_after:.1f}% "
             f"| {la.bits_before / la.bits_after:.1f}x |"

@@ -630,7 +630,7 @@ def test_fuzz_reader(seeds: list[Seed], tmp_path: Path) -> None:
         start = time.process_time()
         try:
             outcome = run_case(path, data)
-        except Exception as exc:  # noqa: BLE001 - report which case escaped, with how to rerun it
+        except Exception as exc:
             pytest.fail(f"case {i} [{category}] {desc}: {type(exc).__name__}: {exc}")
         finally:
             faulthandler.cancel_dump_traceback_later()
