@@ -55,4 +55,5 @@ def round_to(values: torch.Tensor, bits: int, grid: torch.Tensor | None = None) 
     if bits >= 32 or (bits == 16 and values.element_size() <= 2):
         return values
     rounded = decode(encode(values, bits, grid), bits, values.dtype, grid)
-    return values + (rounded - values).detach()
+    # rounded + 0 is exactly what the file stores (values + (rounded - values) can miss it by an ulp)
+    return rounded + (values - values.detach())
