@@ -78,6 +78,20 @@ class CompressConfig:
         _require(_is_int(self.seed), "seed", "must be an integer", self.seed)
 
 
+LAM_HELP = (
+    "the penalty's weight against the task loss has no value that fits every model (R sums squared residuals "
+    "over a layer's weights): 2.0 on LeNet-5 and LeNet-300-100 (configs/lenet5_mnist.yaml), 0.001 on WRN-16-4 "
+    "(the paper's)"
+)
+
+
+def _check_lam(lam: Any, required: bool) -> None:
+    if lam is None:
+        _require(not required, "lam", f"is required: {LAM_HELP}", lam)
+        return
+    _require(_is_number(lam) and lam >= 0, "lam", "must be a number >= 0", lam)
+
+
 @dataclass(frozen=True)
 class RegularizerConfig:
     """Deep k-Means penalty: (lam/2) * sum_l R(W_l, F_l), F refreshed every ``refresh_every`` steps (T).
@@ -89,10 +103,12 @@ class RegularizerConfig:
     ``penalty()`` gives its current value, detached.
     ``ramp_steps``: over the first this many steps, lam and every layer's sparsity p rise linearly from 0 to
     their values (p at each refresh of F); 0: both fixed from the start.
+    ``lam`` has no default (required unless ``method='none'``): R sums squared residuals over every weight
+    of a layer, so the weight that balances it against the task loss depends on the model (see LAM_HELP).
     """
 
     method: str = "kmeans"
-    lam: float = 1e-3
+    lam: float | None = None
     refresh_every: int = 100
     apply: str = "loss"
     ramp_steps: int = 0
@@ -102,7 +118,7 @@ class RegularizerConfig:
         ramp = self.ramp_steps
         _require(_is_int(ramp) and ramp >= 0, "ramp_steps", "must be an integer >= 0", ramp)
         _require(self.apply in APPLY, "apply", f"must be one of {', '.join(APPLY)}", self.apply)
-        _require(_is_number(self.lam) and self.lam >= 0, "lam", "must be a number >= 0", self.lam)
+        _check_lam(self.lam, self.method != "none")
         _require(
             _is_int(self.refresh_every) and self.refresh_every >= 1,
             "refresh_every",
@@ -163,7 +179,7 @@ class RetrainConfig(TrainConfig):
     lr: float = 0.01
     weight_decay: float = 0.0
     method: str = "kmeans"
-    lam: float = 1e-3
+    lam: float | None = None  # required when re-training with a penalty (see RegularizerConfig)
     refresh_every: int = 100
     apply: str = "loss"
     ramp: float = 0.0  # fraction of the re-training steps over which lam and p rise from 0 (gradual hardness)
@@ -171,7 +187,8 @@ class RetrainConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.regularizer  # noqa: B018 - validates method, lam, refresh_every and apply
+        _check_lam(self.lam, self.epochs > 0 and self.method != "none")
+        RegularizerConfig(self.method, self.lam or 0.0, self.refresh_every, self.apply)  # validates the rest
         _require(_is_number(self.ramp) and 0 <= self.ramp <= 1, "ramp", "must be a number in [0, 1]", self.ramp)
         _check_distill(self.distill)
 

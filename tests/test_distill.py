@@ -135,7 +135,8 @@ def test_retrain_distils_a_frozen_copy_of_the_model_before_retraining(monkeypatc
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
     session = pipeline.Session(Rank(), _loop(x, y, 16))
-    cfg = RunConfig(retrain=RetrainConfig(epochs=1, batch_size=16, distill=DistillConfig(weight=0.5, temperature=2)))
+    distill = DistillConfig(weight=0.5, temperature=2)
+    cfg = RunConfig(retrain=RetrainConfig(epochs=1, batch_size=16, lam=1.0, distill=distill))
     pipeline.retrain(cfg, model, session, Path("unused.ckpt"), {})
     teacher = seen["teacher"]
     assert isinstance(teacher, nn.Module) and teacher is not model and not teacher.training
@@ -143,7 +144,8 @@ def test_retrain_distils_a_frozen_copy_of_the_model_before_retraining(monkeypatc
     assert not any(p.requires_grad for p in teacher.parameters())
     assert seen["distill"] == DistillConfig(0.5, 2.0)
     seen.clear()
-    pipeline.retrain(RunConfig(retrain=RetrainConfig(epochs=1, batch_size=16)), model, session, Path("u.ckpt"), {})
+    plain = RunConfig(retrain=RetrainConfig(epochs=1, batch_size=16, lam=1.0))
+    pipeline.retrain(plain, model, session, Path("u.ckpt"), {})
     assert seen["teacher"] is None
 
 

@@ -152,7 +152,7 @@ def test_penalty_is_zero_without_regularizer_and_finalize_inplace_closes() -> No
 def test_state_dict_restores_saved_clustering() -> None:
     torch.manual_seed(0)
     model = TinyResNet()
-    config, reg = CompressConfig(layers={"type:Conv2d": LayerSpec(4)}), RegularizerConfig(refresh_every=2)
+    config, reg = CompressConfig(layers={"type:Conv2d": LayerSpec(4)}), RegularizerConfig(lam=1.0, refresh_every=2)
     dkm = DeepKMeans(model, config, reg)
     with torch.no_grad():
         for p in model.parameters():

@@ -33,7 +33,7 @@ def test_kmeans_penalty_uses_compression_clustering_and_lam() -> None:
 
 def test_refresh_every_t_steps() -> None:
     net = TinyNet()
-    dkm = _dkm(net, {"conv": LayerSpec(4)}, refresh_every=3)
+    dkm = _dkm(net, {"conv": LayerSpec(4)}, lam=1.0, refresh_every=3)
     before = dkm.assignments["conv"].clone()
     with torch.no_grad():
         net.conv.weight.mul_(-1.0).add_(torch.randn_like(net.conv.weight))
@@ -50,7 +50,7 @@ def test_refresh_every_t_steps() -> None:
 def test_spectral_warns_once_per_layer_when_k_ge_d() -> None:
     net = TinyNet()
     with pytest.warns(UserWarning, match="layer conv: spectral penalty is identically zero"):
-        dkm = _dkm(net, {"conv": LayerSpec(4), "fc": LayerSpec(2, d=5)}, "spectral")
+        dkm = _dkm(net, {"conv": LayerSpec(4), "fc": LayerSpec(2, d=5)}, "spectral", lam=1.0)
     assert set(dkm.layer_penalties()) == {"fc"}
     assert float(dkm.penalty().detach()) > 0
 
