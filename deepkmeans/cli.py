@@ -301,9 +301,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     shown = warnings.showwarning
     warnings.showwarning = _show_warning
-    warnings.simplefilter("once", PlanWarning)  # one line per layer, however many stages plan it
     try:
-        COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", PlanWarning)  # every note shown: each run plans a layer once
+            COMMANDS[args.command](args)
     except DeepKMeansError as exc:
         print(f"deepkmeans: error: {exc}", file=sys.stderr)
         return 2

@@ -62,16 +62,22 @@ class DeepKMeans:
             warnings.warn(note, PlanWarning, stacklevel=2)
         self._modules = dict(model.named_modules())
         shared = self.plan.shared
+        self._clusterings: dict[str, tuple[tuple, RowClustering]] = {}
+        self._finalized = False
         self._penalty: PenaltyState | None = None
         if self.regularizer.method != "none" and shared:
+            weights = {name: self._modules[name].weight for name in shared}
+            initial = None
+            if self.regularizer.method == "kmeans" and self.regularizer.ramp_steps == 0:
+                # F's first k-means is the compression step's clustering of these weights: run it once, for both
+                initial = {name: self.clustering(name).assignments.to(w.device) for name, w in weights.items()}
             self._penalty = PenaltyState(
-                {name: self._modules[name].weight for name in shared},
+                weights,
                 {name: pl.spec for name, pl in shared.items()},
                 {name: pl.seed for name, pl in shared.items()},
                 self.regularizer,
+                initial=initial,
             )
-        self._clusterings: dict[str, tuple[tuple[int, int], RowClustering]] = {}
-        self._finalized = False
 
     def _check_open(self) -> None:
         if self._finalized:
@@ -117,15 +123,17 @@ class DeepKMeans:
         return self._penalty.layer_penalties() if self._penalty is not None else {}
 
     def clustering(self, name: str, importance: torch.Tensor | None = None) -> RowClustering:
-        """The compression step's clustering of one shared layer's current weight (cached per weight version);
-        ``importance`` (one value per weight, e.g. squared gradients) weights each weight's error."""
+        """The compression step's clustering of one shared layer's current weight, computed on the CPU (the file
+        does not depend on the device the model trains on) and cached per weight version: the report, the
+        penalty's first F and ``finalize`` of the same weights share one k-means. ``importance`` (one value
+        per weight, e.g. squared gradients) weights each weight's error."""
         weight = self._modules[name].weight
         spec = self.plan.shared[name].spec
         key = (weight.data_ptr(), weight._version, None if importance is None else id(importance))
         cached = self._clusterings.get(name)
         if cached is None or cached[0] != key:
-            rows = to_rows(weight.detach().to(torch.float32), spec.d)
-            weights = None if importance is None else to_rows(importance.to(rows), spec.d)
+            rows = to_rows(weight.detach().to("cpu", torch.float32), spec.d)
+            weights = None if importance is None else to_rows(importance.to("cpu", torch.float32), spec.d)
             seed = self.plan.shared[name].seed
             clustering = cluster_rows(rows, spec.K, spec.p, seed=seed, beta=spec.beta, importance=weights)
             cached = (key, clustering)

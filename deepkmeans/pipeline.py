@@ -22,10 +22,9 @@ from deepkmeans.errors import DeepKMeansError, PlanWarning
 from deepkmeans.fileio import check_writable
 from deepkmeans.files import load_model_file
 from deepkmeans.importance import squared_gradients
-from deepkmeans.lifecycle import DeepKMeans, compress
+from deepkmeans.lifecycle import DeepKMeans
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.models import build_model, model_info
-from deepkmeans.plan import build_plan
 from deepkmeans.report.markdown import write_report
 from deepkmeans.report.tables import layer_table, ratio_summary
 from deepkmeans.runs import DenseMetrics, EnergyLayer, EnergySummary, RunFiles, RunMetrics, StageMetrics
@@ -64,9 +63,10 @@ def model_meta(cfg: RunConfig, dataset: str | None = None) -> dict[str, Any]:
 
 
 def checkpoint_meta(model: str | None, dataset: str | None, validation: int) -> dict[str, Any]:
-    """What a training checkpoint records: the architecture ``load_model_file`` rebuilds, its dataset, and the
-    number of last training images held out of its training (``tune`` checks it)."""
-    return {"model": model, "dataset": dataset, "validation": validation}
+    """What a training checkpoint records: the architecture ``load_model_file`` rebuilds (``name``, the key
+    compressed files use too), its dataset, and the number of last training images held out of its training
+    (``tune`` checks it)."""
+    return {"name": model, "dataset": dataset, "validation": validation}
 
 
 def pretrain(cfg: RunConfig, session: Session, checkpoint: Path) -> tuple[nn.Module, list[EpochLog]]:
@@ -79,16 +79,38 @@ def pretrain(cfg: RunConfig, session: Session, checkpoint: Path) -> tuple[nn.Mod
     return model, log
 
 
+def _retrain_loop(cfg: RunConfig, session: Session) -> Loop:
+    return replace(session.loop, train=session.loop.train.with_batch_size(cfg.retrain.batch_size))
+
+
+def lifecycle(cfg: RunConfig, model: nn.Module, session: Session) -> DeepKMeans:
+    """The run's one Deep k-Means object on ``model``: its plan, its clusterings (each k-means once per weight
+    version) and, when the run re-trains, its penalty."""
+    regularizer = None
+    if cfg.retrain.epochs > 0:
+        regularizer = cfg.retrain.regularizer_for(len(_retrain_loop(cfg, session).train))
+    return DeepKMeans(model.to(session.device), cfg.compress, regularizer)
+
+
 def retrain(
-    cfg: RunConfig, model: nn.Module, session: Session, checkpoint: Path, meta: dict[str, Any], verbose: bool = False
+    cfg: RunConfig,
+    model: nn.Module,
+    session: Session,
+    checkpoint: Path,
+    meta: dict[str, Any],
+    verbose: bool = False,
+    dkm: DeepKMeans | None = None,
 ) -> tuple[list[EpochLog], DeepKMeans]:
     """Deep k-Means re-training of ``model`` in place, tracking each layer's hardness per epoch; with
-    ``retrain.distill.weight > 0`` it also distils a frozen copy of ``model`` as it was before (the dense model)."""
+    ``retrain.distill.weight > 0`` it also distils a frozen copy of ``model`` as it was before (the dense model).
+    ``dkm``: the run's :func:`lifecycle` on ``model`` (default: a new one)."""
     rcfg = cfg.retrain
     model.to(session.device)
     teacher = frozen_copy(model) if rcfg.distill.weight > 0 else None
-    loop = replace(session.loop, train=session.loop.train.with_batch_size(rcfg.batch_size))
-    dkm = DeepKMeans(model, cfg.compress, rcfg.regularizer_for(len(loop.train)))
+    loop = _retrain_loop(cfg, session)
+    dkm = dkm if dkm is not None else lifecycle(cfg, model, session)
+    if dkm.model is not model:
+        raise DeepKMeansError("retrain needs the lifecycle of the model it re-trains")
 
     def track(_: nn.Module, log: EpochLog) -> None:
         log.extra["hardness"] = {r.name: r.hardness for r in dkm.report()}
@@ -118,15 +140,22 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def compress_and_measure(
-    model: nn.Module, cfg: RunConfig, loop: Loop, path: Path, meta: dict[str, Any], val: Batches | None = None
+    model: nn.Module,
+    cfg: RunConfig,
+    loop: Loop,
+    path: Path,
+    meta: dict[str, Any],
+    val: Batches | None = None,
+    dkm: DeepKMeans | None = None,
 ) -> tuple[nn.Module, Measurement]:
-    """Compress a CPU copy of ``model`` (the file does not depend on the device), write it, read it back and
-    evaluate what was read (on the test set, and on ``val`` when given)."""
+    """Compress ``model`` (a CPU copy; the clustering runs on the CPU, so the file does not depend on the
+    device), write it, read it back and evaluate what was read (on the test set, and on ``val`` when given).
+    ``dkm``: the run's :func:`lifecycle` on ``model``, whose clusterings of the current weights are reused."""
+    dkm = dkm if dkm is not None else DeepKMeans(model, cfg.compress)
     importance = None
     if cfg.importance > 0:
-        names = list(build_plan(model, cfg.compress).shared)
-        importance = squared_gradients(model, loop.train, loop.device, names, cfg.importance)
-    shared = compress(copy.deepcopy(model).cpu(), cfg.compress, inplace=True, importance=importance)
+        importance = squared_gradients(model, loop.train, loop.device, list(dkm.plan.shared), cfg.importance)
+    shared = dkm.finalize(importance=importance).cpu()
     if cfg.bn_reestimate > 0 and reestimate_batchnorm_(shared, loop.train, loop.device, cfg.bn_reestimate) == 0:
         warnings.warn(
             f"bn_reestimate = {cfg.bn_reestimate}, but the model has no BatchNorm layer to re-estimate",
@@ -215,25 +244,26 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     val = session.val
     dense_val = None if val is None else evaluate(model, val, loop.device)[1]
     stages: list[StageMetrics] = []
+    dkm = lifecycle(cfg, model, session)
+    hardness = {"0": {r.name: r.hardness for r in dkm.report()}}
     if rank.is_main:
         print(f"dense model: test accuracy {100 * dense_acc:.2f}% (loss {dense_loss:.4f}){_val_text(dense_val)}")
-        _, m = compress_and_measure(model, cfg, loop, files / RunFiles.NO_RETRAIN, meta, val)
+        _, m = compress_and_measure(model, cfg, loop, files / RunFiles.NO_RETRAIN, meta, val, dkm)
         stages.append(StageMetrics.of("compressed, no re-training", RunFiles.PRETRAIN, m))
         print(
             f"compressed without re-training: test accuracy {100 * m.test_acc:.2f}%{_val_text(m.val_acc)},"
             f" paper CR {m.paper_cr:.1f}x, file CR {m.file_cr:.1f}x"
         )
         final = m
-    hardness = {"0": {r.name: r.hardness for r in DeepKMeans(model, cfg.compress).report()}}
     distill_dense = cfg.finetune.distill.weight > 0 and cfg.finetune.epochs > 0 and rank.is_main
     dense = frozen_copy(model) if distill_dense else None  # the fine-tuning teacher: re-training changes ``model``
     retrain_log: list[EpochLog] = []
     if cfg.retrain.epochs > 0:
         ckpt_meta = checkpoint_meta(cfg.model, cfg.dataset, cfg.validation)
-        retrain_log, _ = retrain(cfg, model, session, files / RunFiles.RETRAIN, ckpt_meta)
+        retrain_log, _ = retrain(cfg, model, session, files / RunFiles.RETRAIN, ckpt_meta, dkm=dkm)
         hardness.update({str(e.epoch): e.extra["hardness"] for e in retrain_log})
         if rank.is_main:
-            _, final = compress_and_measure(model, cfg, loop, files / RunFiles.MODEL, meta, val)
+            _, final = compress_and_measure(model, cfg, loop, files / RunFiles.MODEL, meta, val, dkm)
             label = f"re-trained ({cfg.retrain.method}) + compressed"
             stages.append(StageMetrics.of(label, RunFiles.RETRAIN, final))
             print(f"{label}: test accuracy {100 * final.test_acc:.2f}%{_val_text(final.val_acc)}")

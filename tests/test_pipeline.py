@@ -24,3 +24,43 @@ def test_retrain_keeps_the_sessions_batches_and_compress_keeps_the_model(tmp_pat
     shared, m = compress_and_measure(model, cfg, session.loop, tmp_path / "m.dkm", {"name": cfg.model})
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert m.bitwise_equal and m.file_bytes == (tmp_path / "m.dkm").stat().st_size and m.paper_cr > 1
+
+
+def test_a_run_clusters_each_layer_once_per_weight_state_and_warns_once(
+    tmp_path: Path, mnist_dir: Path, monkeypatch
+) -> None:
+    """The pre-trained weights are clustered once (hardness report, the penalty's first F and the compressed
+    file share it), each epoch's hardness report once, and the final file reuses the last epoch's; a layer
+    left dense is said once."""
+    import warnings
+
+    from deepkmeans import lifecycle, pipeline
+    from deepkmeans.errors import PlanWarning
+    from deepkmeans.regularize import regularizer
+
+    calls: list[int] = []
+
+    def counting(original):
+        def wrapper(rows, *args, **kwargs):
+            calls.append(rows.shape[0])
+            return original(rows, *args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(lifecycle, "cluster_rows", counting(lifecycle.cluster_rows))
+    monkeypatch.setattr(regularizer, "cluster_rows", counting(regularizer.cluster_rows))
+    cfg = RunConfig(
+        data_dir=str(mnist_dir),
+        device="cpu",
+        out_dir=str(tmp_path / "run"),
+        train=TrainConfig(epochs=1, batch_size=32),
+        retrain=RetrainConfig(epochs=2, batch_size=32, lam=0.1, refresh_every=10_000),
+        compress=CompressConfig(layers={"conv1": LayerSpec(500), "conv2": LayerSpec(4), "fc*": LayerSpec(8, d=5)}),
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipeline.run(cfg, progress=False)
+    shared_layers = 3  # conv1 is left dense: K=500 >= its 100 rows
+    assert len(calls) == shared_layers * (1 + cfg.retrain.epochs)
+    notes = [str(w.message) for w in caught if issubclass(w.category, PlanWarning)]
+    assert len(notes) == 1 and notes[0].startswith("conv1: left dense")

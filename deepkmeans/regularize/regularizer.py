@@ -33,7 +33,8 @@ class PenaltyState:
     ``method='kmeans'``: F is the exact indicator of a k-means run that honours sparsity p, seeded as the
     compression step is, so re-training pulls rows towards the clustering compression will use; later
     refreshes continue Lloyd from the previous F (warm start). ``method='spectral'``: the paper's relaxation,
-    identically zero when K >= d (rank(W) <= d), which is reported once per layer.
+    identically zero when K >= d (rank(W) <= d), which is reported once per layer. ``initial``: the first F of
+    some layers, computed by the caller (the lifecycle passes its compression clustering, the same k-means).
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class PenaltyState:
         specs: dict[str, ResolvedSpec],
         seeds: dict[str, int],
         config: RegularizerConfig,
+        initial: dict[str, torch.Tensor] | None = None,
     ) -> None:
         if config.method == "none":
             raise ValueError("PenaltyState needs a method other than 'none'")
@@ -61,6 +63,7 @@ class PenaltyState:
         self.state: dict[str, torch.Tensor] = {}
         self.partitions: dict[str, Partition] = {}
         self.steps = 0
+        self._initial = dict(initial or {})  # first F per layer, already computed by the caller (same k-means)
         self.refresh()
         self._hooks = []
         if config.apply == "gradient":
@@ -100,6 +103,8 @@ class PenaltyState:
             rows = to_rows(self.weights[name].detach(), spec.d)
             if self.config.method == "spectral":
                 value = spectral_basis(rows, spec.K)
+            elif name in self._initial:
+                value = self._initial.pop(name)
             else:
                 value = self._assignments(name, rows, spec)
             if dist.is_available() and dist.is_initialized():
