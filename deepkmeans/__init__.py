@@ -13,12 +13,14 @@ The ``deepkmeans`` command line runs the same library on files.
 from deepkmeans.accounting import Accounting, LayerAccount, account
 from deepkmeans.config import CompressConfig, LayerSpec, RegularizerConfig
 from deepkmeans.energy.torch_layers import estimate_energy
-from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
+from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError, PlanWarning
+from deepkmeans.export import OnnxExport, export_onnx
 from deepkmeans.files import load, save
 from deepkmeans.lifecycle import DeepKMeans, LayerReport, compress
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.plan import LayerPlan, PlannedLayer, build_plan
 from deepkmeans.shared import SharedWeight, materialize, shared_layers
+from deepkmeans.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -34,17 +36,22 @@ __all__ = [
     "LayerReport",
     "LayerSpec",
     "Measurement",
+    "OnnxExport",
+    "PlanWarning",
     "PlannedLayer",
     "RegularizerConfig",
     "SharedWeight",
+    "TuneResult",
     "__version__",
     "account",
     "build_plan",
     "compress",
     "estimate_energy",
+    "export_onnx",
     "load",
     "materialize",
     "measure",
     "save",
     "shared_layers",
+    "tune",
 ]

@@ -18,7 +18,7 @@ from deepkmeans.codec import model_file
 from deepkmeans.codec.container import MAGIC
 from deepkmeans.codec.model_file import CompressedModel, LayerCode
 from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
-from deepkmeans.models import build_model
+from deepkmeans.models import build_model, model_info
 from deepkmeans.shared import share_, shared_layers, shared_state_keys
 from deepkmeans.train import load_checkpoint
 
@@ -66,9 +66,14 @@ def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> Compr
     return CompressedModel(codes, dense, dict(meta or {}), aliases)
 
 
-def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> int:
+def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None, name: str | None = None) -> int:
     """Write ``model`` (shared layers as centers + coded indexes) to a compressed file atomically; returns its
-    size in bytes. ``meta`` is stored with it; ``{"name": ...}`` names a built-in architecture for ``load``."""
+    size in bytes. ``meta`` is stored with it; ``name`` (or ``meta["name"]``) names the built-in architecture
+    ``load`` and the command line rebuild without a ``model=``."""
+    meta = dict(meta or {})
+    if name is not None:
+        model_info(name)  # an unknown name fails here, before a file names it
+        meta["name"] = name
     return model_file.save(to_compressed(model, meta), path)
 
 
@@ -95,7 +100,10 @@ def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:
 def _architecture(cm: CompressedModel, source: str) -> nn.Module:
     name = cm.model.get("name")
     if not isinstance(name, str):
-        raise FormatError(f"{source}: file names no built-in architecture; pass model= to load it")
+        raise FormatError(
+            f"{source}: file names no built-in architecture; pass model= to load it in Python, or save it with "
+            "save(model, path, name=ARCH) (ARCH a built-in model) for the command line to rebuild it"
+        )
     try:
         return build_model(name)
     except ConfigError as exc:
@@ -169,9 +177,12 @@ def load_model_file(path: str | Path, materialize: bool = False) -> LoadedModel:
         return LoadedModel(model, cm.model.get("name"), cm.model.get("dataset"), True, size, dict(cm.model))
     state = load_checkpoint(path)
     meta = dict(state.get("meta", {}))
-    name = meta.get("model", meta.get("name"))  # "name": re-training checkpoints of runs before this was fixed
+    name = meta.get("name", meta.get("model"))  # "model": the key of checkpoints written before 0.1.0
     if not isinstance(name, str):
-        raise DeepKMeansError(f"{path}: checkpoint does not name its model architecture")
+        raise DeepKMeansError(
+            f"{path}: checkpoint does not name its model architecture (write it with meta={{'name': ARCH}}, "
+            "ARCH one of the built-in models, or load it in Python with model=)"
+        )
     model = build_model(name)
     try:
         model.load_state_dict(state["model"])

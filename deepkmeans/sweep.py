@@ -24,7 +24,7 @@ from deepkmeans.config import CompressConfig
 from deepkmeans.data import Batches
 from deepkmeans.errors import ConfigError
 from deepkmeans.lifecycle import compress
-from deepkmeans.measure import measure
+from deepkmeans.measure import Measurement, measure
 
 P_MAX = 0.99
 
@@ -158,15 +158,13 @@ def _measure(
     config: CompressConfig | None,
     file_dir: Path | None,
     model_meta: dict[str, Any] | None,
-) -> tuple[float, float, float, float | None, int | None]:
-    """Measure ``model`` compressed by ``config`` (``None``: dense): (acc, loss, paper CR, file CR, bytes)."""
+) -> Measurement:
+    """Measure ``model`` compressed by ``config`` (``None``: dense)."""
     if config is None:
-        m = measure(model, test_batches, device)
-    else:
-        shared = compress(model, config)
-        save_to = file_dir / "point.dkm" if file_dir is not None else None
-        m = measure(shared, test_batches, device, save_to=save_to, meta=model_meta)
-    return m.test_acc, m.test_loss, m.paper_cr, m.file_cr, m.file_bytes
+        return measure(model, test_batches, device)
+    shared = compress(model, config)
+    save_to = file_dir / "point.dkm" if file_dir is not None else None
+    return measure(shared, test_batches, device, save_to=save_to, meta=model_meta)
 
 
 def run_points(run_dir: str | Path) -> list[SweepPoint]:
@@ -226,7 +224,7 @@ def sweep(
             jobs.append((grid, k_scale, p_offset, config))
 
     points: list[SweepPoint] = []
-    measured: dict[str, tuple[tuple[float, float, float, float | None, int | None], float]] = {}
+    measured: dict[str, tuple[Measurement, float]] = {}
     with tempfile.TemporaryDirectory(prefix="deepkmeans-sweep-") as tmp:
         file_dir = Path(tmp) if measure_file else None
         for grid, k_scale, p_offset, config in jobs:
@@ -234,10 +232,12 @@ def sweep(
             key = json.dumps(targets, sort_keys=True)
             if key not in measured:  # the configured point lies on both lines: measure it once
                 started = time.perf_counter()
-                values = _measure(model, test_batches, device, config, file_dir, model_meta)
-                measured[key] = (values, time.perf_counter() - started)
-            (acc, loss, paper_cr, file_cr, size), seconds = measured[key]
-            point = SweepPoint(grid, k_scale, p_offset, targets, acc, loss, paper_cr, file_cr, size, seconds)
+                m = _measure(model, test_batches, device, config, file_dir, model_meta)
+                measured[key] = (m, time.perf_counter() - started)
+            m, seconds = measured[key]
+            point = SweepPoint(
+                grid, k_scale, p_offset, targets, m.test_acc, m.test_loss, m.paper_cr, m.file_cr, m.file_bytes, seconds
+            )
             points.append(point)
             if on_point is not None:
                 on_point(point)

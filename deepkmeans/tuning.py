@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -235,11 +235,22 @@ def _fill(chosen: dict[str, Candidate], candidates: dict[str, list[Candidate]], 
         chosen[best.layer] = best
 
 
-def _joint(model: nn.Module, chosen: dict[str, Candidate], val: Batches, device: torch.device, seed: int):
+@dataclass(frozen=True)
+class JointCheck:
+    """The chosen candidates compressed together and measured on the validation batches."""
+
+    chosen: dict[str, Candidate]
+    config: CompressConfig
+    val_loss: float
+    val_acc: float
+    paper_cr: float
+
+
+def _joint(model: nn.Module, chosen: dict[str, Candidate], val: Batches, device: torch.device, seed: int) -> JointCheck:
     config = CompressConfig(layers={name: c.spec for name, c in chosen.items()}, seed=seed)
     shared = compress(model, config)
     loss, acc = evaluate(shared, val, device)
-    return config, loss, acc, account(shared).paper_cr
+    return JointCheck(chosen, config, loss, acc, account(shared).paper_cr)
 
 
 def tune(
@@ -276,30 +287,37 @@ def tune(
     total = account(model)
     fixed = total.bits_before - sum(_layer_bits(model, name) for name in candidates)
 
-    def attempt(cr: float) -> tuple[dict[str, Candidate], tuple]:
-        chosen = allocate(candidates, total.bits_before / cr - fixed, dense_loss)
-        return chosen, _joint(model, chosen, val, device, seed)
+    def attempt(cr: float) -> JointCheck:
+        return _joint(model, allocate(candidates, total.bits_before / cr - fixed, dense_loss), val, device, seed)
 
-    if max_drop is None:
-        chosen, (config, loss, acc, cr) = attempt(target_cr)
-    else:
-        chosen, (config, loss, acc, cr) = _largest_within(attempt, dense_acc, max_drop, target_cr)
+    best = attempt(target_cr) if max_drop is None else _largest_within(attempt, dense_acc, max_drop, target_cr)
     return TuneResult(
-        config, candidates, chosen, dense_loss, dense_acc, loss, acc, cr, target_cr or cr, time.perf_counter() - started
+        best.config,
+        candidates,
+        best.chosen,
+        dense_loss,
+        dense_acc,
+        best.val_loss,
+        best.val_acc,
+        best.paper_cr,
+        target_cr or best.paper_cr,
+        time.perf_counter() - started,
     )
 
 
-def _largest_within(attempt, dense_acc: float, max_drop: float, target_cr: float | None):
+def _largest_within(
+    attempt: Callable[[float], JointCheck], dense_acc: float, max_drop: float, target_cr: float | None
+) -> JointCheck:
     """The largest CR (up to ``target_cr``, else 1024) whose joint validation accuracy stays within ``max_drop``
     points. Accuracy is not monotone in the CR asked for (the allocation minimizes loss, not errors), so a
     geometric grid of CRs is checked, then bisected between the largest that held and the next."""
 
-    def within(cr: float):
+    def within(cr: float) -> JointCheck | None:
         try:
             result = attempt(cr)
         except DeepKMeansError:  # nothing fits this budget
             return None
-        return result if 100 * (dense_acc - result[1][2]) <= max_drop else None
+        return result if 100 * (dense_acc - result.val_acc) <= max_drop else None
 
     top = target_cr or 1024.0
     grid = [top ** (i / GRID_STEPS) for i in range(1, GRID_STEPS + 1)]

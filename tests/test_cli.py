@@ -62,11 +62,11 @@ def test_run_end_to_end(tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureF
     assert (sweep_dir / "sweep.png").is_file()
     assert main([*argv, "--scales", "x"]) == 2
     for ckpt in ("retrain.ckpt", "pretrain.ckpt"):  # every checkpoint of a run names its architecture
-        assert load_checkpoint(run / ckpt)["meta"]["model"] == "lenet5_caffe"
+        assert load_checkpoint(run / ckpt)["meta"]["name"] == "lenet5_caffe"
         assert main([*argv[:1], str(run / ckpt), *argv[2:], "--scales", "1", "--p-offsets", ""]) == 0
         assert main(["retrain", str(run / ckpt), "--config", str(config), "-o", str(tmp_path / f"re_{ckpt}")]) == 0
         assert load_checkpoint(tmp_path / f"re_{ckpt}")["meta"] == {
-            "model": "lenet5_caffe",
+            "name": "lenet5_caffe",
             "dataset": "mnist",
             "validation": 0,
         }

@@ -24,19 +24,24 @@ PUBLIC = [
     "LayerReport",
     "LayerSpec",
     "Measurement",
+    "OnnxExport",
+    "PlanWarning",
     "PlannedLayer",
     "RegularizerConfig",
     "SharedWeight",
+    "TuneResult",
     "__version__",
     "account",
     "build_plan",
     "compress",
     "estimate_energy",
+    "export_onnx",
     "load",
     "materialize",
     "measure",
     "save",
     "shared_layers",
+    "tune",
 ]
 
 
@@ -67,3 +72,30 @@ def test_readme_python_api_snippet_runs(tmp_path: Path, monkeypatch: pytest.Monk
     x = torch.randn(2, 1, 28, 28)
     assert torch.equal(loaded.eval()(x), compressed.eval()(x))
     assert not deepkmeans.shared_layers(loaded) and len(deepkmeans.shared_layers(compressed)) == 4
+
+
+def test_save_with_a_name_makes_a_file_the_command_line_rebuilds(tmp_path: Path) -> None:
+    from deepkmeans.files import load_model_file
+
+    config = deepkmeans.CompressConfig(layers={"type:Conv2d": deepkmeans.LayerSpec(K=4)})
+    shared = deepkmeans.compress(LeNet5Caffe(), config)
+    deepkmeans.save(shared, tmp_path / "anon.dkm")
+    with pytest.raises(deepkmeans.FormatError, match=r"save\(model, path, name=ARCH\)"):
+        load_model_file(tmp_path / "anon.dkm")
+    deepkmeans.save(shared, tmp_path / "named.dkm", name="lenet5_caffe")
+    loaded = load_model_file(tmp_path / "named.dkm")
+    assert loaded.name == "lenet5_caffe" and len(deepkmeans.shared_layers(loaded.model)) == 2
+    with pytest.raises(deepkmeans.ConfigError, match="unknown model 'lenet6'"):
+        deepkmeans.save(shared, tmp_path / "bad.dkm", name="lenet6")
+    assert not (tmp_path / "bad.dkm").exists()
+
+
+def test_tune_takes_a_data_loader_as_measure_does() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+    grid = deepkmeans.tuning.Grid(ks=(4, 8), ps=(0.0,), widths=(32,))
+    result = deepkmeans.tune(LeNet5Caffe(), DataLoader(data, batch_size=32), target_cr=8, grid=grid, progress=False)
+    assert isinstance(result, deepkmeans.TuneResult)
+    assert result.paper_cr >= 8 and set(result.config.layers) <= {"conv1", "conv2", "fc1", "fc2"}
