@@ -12,7 +12,7 @@ scikit-learn ``KMeans(n_init=1)`` (Lloyd to its own tolerance, at most 300 itera
 ``Kmeans`` (25 iterations on a sample of at most 256 rows per center, then one assignment pass).
 
     pip install faiss-cpu scikit-learn
-    python benchmarks/kmeans_large.py [--threads 2] [--only resnet50-3x3] [--skip sklearn]
+    python benchmarks/kmeans_large.py [--threads 2] [--only resnet50-3x3] [--k 256] [--skip sklearn]
 """
 
 from __future__ import annotations
@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
     parser.add_argument("--skip", choices=LIBRARIES[1:], action="append", default=[], help="leave a peer out")
+    parser.add_argument("--k", type=int, action="append", help="run only these K")
     parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "K", "LIB"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -104,7 +105,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|")
     for workload in args.only or WORKLOADS:
         (n, d), ks = WORKLOADS[workload]
-        for k in ks:
+        for k in [k for k in ks if not args.k or k in args.k]:
             results = {}
             for lib in libs:
                 cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", workload, str(k), lib]

@@ -254,3 +254,28 @@ def test_runs_on_cuda() -> None:
     result = kmeans(rows, 10)
     assert result.centers.device.type == "cuda" and result.assignments.device.type == "cuda"
     assert_nearest(rows.cpu(), KMeansResult(result.centers.cpu(), result.assignments.cpu(), result.inertia))
+
+
+def _heavy_tailed(n: int, d: int, seed: int) -> torch.Tensor:
+    """Kaiming-scale rows with a Student-t tail (df 6), as trained conv weights have: no clear clusters."""
+    g = np.random.default_rng(seed)
+    return torch.from_numpy((g.standard_t(6.0, size=(n, d)) * 0.02).astype(np.float32))
+
+
+def test_sampled_path_is_within_half_a_percent_of_full_lloyd() -> None:
+    """Above twice the sample size, seeding and the first Lloyd run on a sample; Lloyd on all rows then
+    continues from it. Its inertia is checked against k-means++ and Lloyd on all rows (no sample), seeded
+    the same, to within 0.5% (measured on data seeds 1, 2, 3: +0.16%, +0.06%, +0.42%)."""
+    rows = _heavy_tailed(120_000, 3, seed=1)
+    k = 32
+    assert rows.shape[0] > 2 * max(kmeans_module._SAMPLE_MIN, kmeans_module._SAMPLE_PER_CENTER * k)
+    sampled = kmeans(rows, k, seed=0)
+    x = rows.double()
+    mean = x.mean(dim=0)
+    centered = x - mean
+    generator = torch.Generator().manual_seed(0)
+    seeds = kmeans_module._seed(centered, k, generator)
+    full = kmeans_module._Lloyd(centered, centered[seeds]).run(100, 1e-6)
+    full_inertia = float((centered - full[torch.cdist(centered, full).argmin(dim=1)]).square().sum())
+    assert sampled.inertia <= 1.005 * full_inertia
+    assert direct_inertia(rows, sampled) == pytest.approx(sampled.inertia, rel=1e-9)
