@@ -222,7 +222,7 @@ class FinetuneConfig(TrainConfig):
         _check_distill(self.distill)
 
 
-DATASETS = ("mnist", "cifar10")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
 @dataclass(frozen=True)

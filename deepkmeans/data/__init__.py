@@ -75,8 +75,10 @@ class Batches:
             yield xb, self.y[idx]
 
 
-def _mnist_tensors(images: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(images).to(torch.float32).div_(255.0).sub_(MNIST_MEAN).div_(MNIST_STD)
+def _mnist_tensors(
+    images: np.ndarray, labels: np.ndarray, mean: float = MNIST_MEAN, std: float = MNIST_STD
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(images).to(torch.float32).div_(255.0).sub_(mean).div_(std)
     return x.unsqueeze(1), torch.from_numpy(labels).to(torch.int64)
 
 
@@ -109,12 +111,19 @@ def load_splits(
 ) -> Splits:
     """Train, validation and test batches; ``validation`` holds out the last n training examples (choices are
     made on them, never on the test set); ``limit`` keeps the first n examples of the training and test parts."""
-    if dataset == "mnist":
-        from deepkmeans.data.mnist import load_mnist
+    if dataset in ("mnist", "fashion_mnist"):
+        if dataset == "mnist":
+            from deepkmeans.data.mnist import load_mnist as load
 
-        train, test = load_mnist(data_dir)
-        xtr, ytr, xva, yva = _carve(*_mnist_tensors(train.images, train.labels), validation, limit)
-        xte, yte = _mnist_tensors(test.images[:limit], test.labels[:limit])
+            mean, std = MNIST_MEAN, MNIST_STD
+        else:
+            from deepkmeans.data.fashion_mnist import MEAN as mean
+            from deepkmeans.data.fashion_mnist import STD as std
+            from deepkmeans.data.fashion_mnist import load_fashion_mnist as load
+
+        train, test = load(data_dir)
+        xtr, ytr, xva, yva = _carve(*_mnist_tensors(train.images, train.labels, mean, std), validation, limit)
+        xte, yte = _mnist_tensors(test.images[:limit], test.labels[:limit], mean, std)
         val = Batches(xva, yva, 1000, False) if validation else None
         return Splits(Batches(xtr, ytr, batch_size, True, seed), val, Batches(xte, yte, 1000, False))
     if dataset == "cifar10":
@@ -131,7 +140,7 @@ def load_splits(
         augment = lambda xb, gen: normalize(random_crop_flip(xb, gen))  # noqa: E731
         val = Batches(normalize(xva), yva, 500, False) if validation else None
         return Splits(Batches(xtr, ytr, batch_size, True, seed, augment), val, Batches(xte, yte, 500, False))
-    raise DatasetError(f"unknown dataset {dataset!r}; known: mnist, cifar10")
+    raise DatasetError(f"unknown dataset {dataset!r}; known: mnist, fashion_mnist, cifar10")
 
 
 def load_data(
