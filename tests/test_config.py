@@ -97,3 +97,10 @@ def test_null_layer_spec_leaves_the_layer_dense(tmp_path: Path) -> None:
     cfg = load_config(path)
     assert cfg.compress.layers == {"conv1": None, "*": LayerSpec(4)}
     assert to_dict(from_dict(RunConfig, yaml.safe_load(yaml.safe_dump(to_dict(cfg))))) == to_dict(cfg)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path: Path) -> None:
+    """What `deepkmeans run CONFIG` reads for each documented figure passes validation (e.g. names its lam)."""
+    cfg = load_config(path)
+    assert cfg.retrain.epochs == 0 or cfg.retrain.method == "none" or cfg.retrain.lam is not None
