@@ -46,12 +46,23 @@ def _wrn16_mnist(k: int) -> Callable[[], nn.Module]:
     return factory
 
 
+def _resnet20(in_channels: int) -> Callable[[], nn.Module]:
+    def factory() -> nn.Module:
+        from deepkmeans.models.resnet import resnet20
+
+        return resnet20(in_channels)
+
+    return factory
+
+
 MODELS: dict[str, ModelInfo] = {
     "lenet5_caffe": ModelInfo(_lenet5, (1, 28, 28), "mnist"),
     "lenet300_100": ModelInfo(_lenet300, (1, 28, 28), "mnist"),
     "wrn16_4": ModelInfo(_wrn16_4, (3, 32, 32), "cifar10"),
     "wrn16_1_mnist": ModelInfo(_wrn16_mnist(1), (1, 28, 28), "mnist"),
     "wrn16_2_mnist": ModelInfo(_wrn16_mnist(2), (1, 28, 28), "mnist"),
+    "resnet20": ModelInfo(_resnet20(3), (3, 32, 32), "cifar10"),
+    "resnet20_mnist": ModelInfo(_resnet20(1), (1, 28, 28), "mnist"),
 }
 
 
