@@ -1,9 +1,10 @@
-"""The paper's claim where it lives: sharing 3x3 filter rows in a Wide ResNet, against scalar sharing and a peer.
+"""The paper's claim where it lives: sharing 3x3 filter rows in a residual conv net, against scalar sharing and a
+peer.
 
-A Wide ResNet-16-k trained here on MNIST (28x28, one channel: not the paper's CIFAR-10, which these machines
-do not have) with WRN-16-4's 16 conv layers. One pre-trained model, then at each target paper-accounting CR,
-with per-layer K / p chosen by ``tune`` on validation images (the last 5,000 of the training set, held out of
-training):
+A conv net trained here -- a Wide ResNet-16-k with WRN-16-4's 16 conv layers, or ResNet-20 -- on MNIST,
+Fashion-MNIST or CIFAR-10 (given its files: these machines do not have it). One pre-trained model, then at each
+target paper-accounting CR, with per-layer K / p chosen by ``tune`` on validation images (the last 5,000 of the
+training set, held out of training):
   a. scalar sharing (d = 1, Deep Compression-style k-means), without and with center fine-tuning
   b. row sharing (d = kernel width) without re-training
   c. Deep k-Means re-training with the spectral penalty (identically zero for K >= d), then row sharing
@@ -11,9 +12,13 @@ training):
   e. d + center fine-tuning
   f. coremltools optimize.torch palettization (optional): post-training k-means and DKMPalettizer fine-tuned
      for the wall time of d, vector palettization matched to the target size under the same accounting
-Writes docs/convnet.md with the table, an accuracy-vs-CR plot and a reading of the numbers.
+  g. the frontier stack (docs/frontier.md): 8-bit centers and biases with rate-aware assignment (beta 0.01),
+     per-layer K / p tuned at that width, Deep k-Means re-training distilled from the dense model,
+     squared-gradient importance in the k-means, center fine-tuning distilled too
+Writes the page (docs/convnet.md for MNIST) with the table, an accuracy-vs-CR plot and a reading of the numbers.
 
-    python benchmarks/convnet.py [--width 1] [--seeds 2] [--targets 47,100] [--skip-coreml]
+    python benchmarks/convnet.py [--model wrn16_1_mnist] [--dataset mnist] [--seeds 2] [--targets 47,100]
+    python benchmarks/convnet.py --model resnet20_mnist --dataset fashion_mnist --targets 20,50 --seeds 1
     python benchmarks/convnet.py --quick --data-dir DIR --out /tmp/convnet.md      # smoke run, seconds
     python benchmarks/convnet.py --render      # the page again from runs/convnet/rows.json, nothing re-run
 """
@@ -35,16 +40,47 @@ import torch
 from torch import nn
 
 from deepkmeans import DeepKMeans, account, compress, estimate_energy, measure
-from deepkmeans.config import CompressConfig, FinetuneConfig, LayerSpec, RetrainConfig, RunConfig, TrainConfig
+from deepkmeans.config import (
+    CompressConfig,
+    DistillConfig,
+    FinetuneConfig,
+    LayerSpec,
+    RetrainConfig,
+    RunConfig,
+    TrainConfig,
+)
 from deepkmeans.data import Batches
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.fileio import write_atomic
+from deepkmeans.fileio import write_atomic, write_figure
+from deepkmeans.measure import Measurement
 from deepkmeans.models import model_info
-from deepkmeans.pipeline import finetune, model_meta, pretrain, start_session
-from deepkmeans.train import Loop, evaluate, fit
+from deepkmeans.pipeline import (
+    Session,
+    compress_and_measure,
+    finetune,
+    frozen_copy,
+    lifecycle,
+    model_meta,
+    pretrain,
+    retrain,
+    start_session,
+)
+from deepkmeans.report.plots import new_figure
+from deepkmeans.train import Loop, evaluate
 from deepkmeans.tuning import Candidate, Grid, sensitivities, tune
 
 ROOT = Path(__file__).resolve().parents[1]
+MODELS = {
+    "wrn16_1_mnist": "WRN-16-1 with WRN-16-4's 16 conv layers (the first block of each stage keeps its 1x1 shortcut"
+    " conv), no dropout",
+    "wrn16_2_mnist": "WRN-16-2 with WRN-16-4's 16 conv layers (the first block of each stage keeps its 1x1 shortcut"
+    " conv), no dropout",
+    "resnet20_mnist": "ResNet-20 (He et al. 2016: 19 bias-free 3x3 convs, option-A shortcuts, 0.27M parameters)",
+    "resnet20": "ResNet-20 (He et al. 2016: 19 bias-free 3x3 convs, option-A shortcuts, 0.27M parameters)",
+}
+DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
+STACK_DISTILL = DistillConfig(weight=0.5, temperature=4.0)
+STACK_IMPORTANCE = 64  # training batches whose squared gradients weight the k-means of the frontier stack
 
 
 @dataclass
@@ -71,7 +107,10 @@ def _subset(batches: Batches, n: int) -> Batches:
 
 def _measured(row: Row, model: nn.Module, loop: Loop, path: Path, seconds: float, cfg: RunConfig) -> Row:
     """Accuracy of ``model`` read back from its file, both ratios and the energy ratio, added to ``row``."""
-    m = measure(model, loop.test, loop.device, save_to=path, meta=model_meta(cfg))
+    return _record(row, model, measure(model, loop.test, loop.device, save_to=path, meta=model_meta(cfg)), seconds, cfg)
+
+
+def _record(row: Row, model: nn.Module, m: Measurement, seconds: float, cfg: RunConfig) -> Row:
     row.add(m.test_acc, seconds)
     row.paper_cr, row.file_cr = m.paper_cr, m.file_cr or 0.0
     row.energy = estimate_energy(model, model_info(cfg.model).input_shape).ratio
@@ -83,14 +122,17 @@ def _write_json(path: Path, data: object, indent: int | None = 1) -> None:
     write_atomic(path, json.dumps(data, indent=indent).encode())
 
 
-def _retrain(cfg: RunConfig, model: nn.Module, loop: Loop, method: str, seed: int) -> None:
-    """Deep k-Means re-training of ``model`` in place, its k-means and batch order seeded by ``seed``."""
+def _retrain(cfg: RunConfig, model: nn.Module, session: Session, seed: int, checkpoint: Path) -> DeepKMeans:
+    """Deep k-Means re-training of ``model`` in place by the library's stage (resumable from ``checkpoint``), its
+    k-means and batch order seeded by ``seed``; returns the lifecycle whose clusterings compression reuses."""
     torch.manual_seed(seed)
-    rcfg = replace(cfg.retrain, method=method)
-    dkm = DeepKMeans(model, replace(cfg.compress, seed=seed), rcfg.regularizer)
-    train = loop.train.with_batch_size(rcfg.batch_size)
+    cfg = replace(cfg, seed=seed, compress=replace(cfg.compress, seed=seed))
+    train = copy.copy(session.loop.train)
     train.seed = seed
-    fit(model, replace(loop, train=train), rcfg, stage=f"retrain[{method}]", dkm=dkm)
+    seeded = Session(session.rank, replace(session.loop, train=train), session.val)
+    dkm = lifecycle(cfg, model, seeded)
+    retrain(cfg, model, seeded, checkpoint, model_meta(cfg), dkm=dkm)
+    return dkm
 
 
 def _save_candidates(path: Path, candidates: dict[str, list[Candidate]]) -> None:
@@ -154,9 +196,10 @@ def main(argv: list[str] | None = None) -> Path:
     started = time.perf_counter()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    name = f"wrn16_{args.width}_mnist"
+    name = args.model
     cfg = RunConfig(
         model=name,
+        dataset=args.dataset,
         data_dir=args.data_dir,
         out_dir=str(work),
         validation=args.validation,
@@ -166,12 +209,15 @@ def main(argv: list[str] | None = None) -> Path:
     )
     session = start_session(cfg, cfg.train.batch_size, args.limit, progress=False)
     loop, val = session.loop, _subset(session.val, args.val_images)
+    args.sizes = [len(loop.train.x), len(loop.test.x)]
     t0 = time.perf_counter()
     pretrained, log = pretrain(cfg, session, work / "pretrain.ckpt")
     epoch_seconds = statistics.median(e.seconds for e in log) if log else float("nan")
     _, dense_acc = evaluate(pretrained, loop.test, loop.device)
     print(f"{name}: dense test accuracy {100 * dense_acc:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
     grids = {"rows": Grid(args.ks, args.ps), "scalar": Grid(args.ks, args.ps, 1)}
+    if not args.skip_stack:
+        grids["stack"] = Grid(args.ks, args.ps, widths=(8,), betas=(0.01,))
     sens = {
         family: _sensitivity(pretrained, val, loop, grid, work / f"sens_{family}.json")
         for family, grid in grids.items()
@@ -184,9 +230,15 @@ def main(argv: list[str] | None = None) -> Path:
             args.resumed = [*getattr(args, "resumed", []), f"{target:g}x"]
         if "methods" not in done:
             configs = {family: _tuned(pretrained, val, loop, target, family, sens, grids, work) for family in sens}
-            done["methods"] = _methods(args, cfg, pretrained, loop, configs, target, work)
+            done["methods"] = _methods(args, cfg, pretrained, session, configs, target, work)
             _save_target(cache, done)
         rows += done["methods"]
+        if not args.skip_stack:
+            if "stack" not in done:
+                configs = {"stack": _tuned(pretrained, val, loop, target, "stack", sens, grids, work)}
+                done["stack"] = _stack(args, cfg, pretrained, session, configs["stack"], target, work)
+                _save_target(cache, done)
+            rows += done["stack"]
         if not args.skip_coreml:
             if "coreml" not in done:
                 done["coreml"] = _coreml_rows(args, pretrained, loop, target, done["methods"][-1])
@@ -204,6 +256,7 @@ def _save_rows(path: Path, args, argv, name, dense_acc, epoch_seconds, rows, sec
         "resumed": getattr(args, "resumed", []),
         "wrn16_4_step_seconds": args.step,
         "argv": argv,
+        "sizes": args.sizes,
         "name": name,
         "dense_acc": dense_acc,
         "epoch_seconds": epoch_seconds,
@@ -225,6 +278,7 @@ def _render(args: argparse.Namespace) -> Path:
         data["wrn16_4_step_seconds"] = None if run_args.quick else wrn16_4_step_seconds()
         _write_json(saved, data)
     run_args.step = data["wrn16_4_step_seconds"]
+    run_args.sizes = data["sizes"]
     rows = [Row(**r) for r in data["rows"]]
     return _write(run_args, data["argv"], data["name"], data["dense_acc"], data["epoch_seconds"], rows, data["seconds"])
 
@@ -237,9 +291,9 @@ def _effective(args: argparse.Namespace) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(args), **quick})
 
 
-def _methods(args, cfg, pretrained, loop, configs, target, work) -> list[Row]:
+def _methods(args, cfg, pretrained, session, configs, target, work) -> list[Row]:
     """Rows a to e at one target size."""
-    tag = f"{target:g}x"
+    tag, loop = f"{target:g}x", session.loop
 
     def measured(row: Row, model: nn.Module, file: str, seconds: float) -> Row:
         return _measured(row, model, loop, work / file, seconds, cfg)
@@ -264,8 +318,9 @@ def _methods(args, cfg, pretrained, loop, configs, target, work) -> list[Row]:
         for seed in range(args.seeds):
             model = copy.deepcopy(pretrained)
             t = time.perf_counter()
-            _retrain(replace(cfg, compress=configs["rows"]), model, loop, method, seed)
-            shared = compress(model, replace(configs["rows"], seed=seed))
+            rcfg = replace(cfg, compress=configs["rows"], retrain=replace(cfg.retrain, method=method))
+            dkm = _retrain(rcfg, model, session, seed, work / f"{method}_{tag}_{seed}.ckpt")
+            shared = dkm.finalize()
             took = time.perf_counter() - t
             measured(row, shared, f"{method}_{tag}_{seed}.dkm", took)
             if method == "kmeans":
@@ -275,11 +330,45 @@ def _methods(args, cfg, pretrained, loop, configs, target, work) -> list[Row]:
         rows.append(row)
         if method == "kmeans":
             rows.append(tuned)
+    _print(tag, rows)
+    return rows
+
+
+def _print(tag: str, rows: list[Row]) -> None:
     for r in rows:
         print(
             f"  {tag} {r.method:<42} {_acc(r):>16}  paper CR {r.paper_cr:6.1f}x  file CR {r.file_cr:6.1f}x", flush=True
         )
-    return rows
+
+
+def _stack(args, cfg, pretrained, session, layers: CompressConfig, target, work) -> list[Row]:
+    """Row g at one target size: the frontier stack, per-layer K / p tuned at 8 bits with beta 0.01, re-trained
+    with the exact k-means penalty distilled from the dense model, compressed with squared-gradient importance,
+    then center fine-tuned with distillation; each step by the library's own stages."""
+    tag, loop = f"{target:g}x", session.loop
+    cfg = replace(
+        cfg,
+        compress=layers,
+        importance=STACK_IMPORTANCE,
+        retrain=replace(cfg.retrain, method="kmeans", distill=STACK_DISTILL),
+        finetune=replace(cfg.finetune, distill=STACK_DISTILL),
+    )
+    retrained = Row("g. frontier stack, re-trained", target)
+    tuned = Row("g. frontier stack + center fine-tuning", target)
+    teacher = frozen_copy(pretrained)
+    for seed in range(args.seeds):
+        model = copy.deepcopy(pretrained)
+        t = time.perf_counter()
+        dkm = _retrain(cfg, model, session, seed, work / f"g_{tag}_{seed}.ckpt")
+        seeded = replace(cfg, compress=replace(cfg.compress, seed=seed))
+        shared, m = compress_and_measure(model, seeded, loop, work / f"g_{tag}_{seed}.dkm", model_meta(cfg), dkm=dkm)
+        took = time.perf_counter() - t
+        _record(retrained, shared, m, took, cfg)
+        t = time.perf_counter()
+        finetune(cfg, shared, loop, work / f"g_ft_{tag}_{seed}.ckpt", {}, teacher=teacher.to(loop.device))
+        _measured(tuned, shared, loop, work / f"g_ft_{tag}_{seed}.dkm", took + time.perf_counter() - t, cfg)
+    _print(tag, [retrained, tuned])
+    return [retrained, tuned]
 
 
 def _acc(row: Row) -> str:
@@ -378,12 +467,8 @@ def _coreml_rows(args, pretrained, loop, target, d_row) -> list[Row]:
 # the page
 
 
-def _plot(rows: list[Row], dense_acc: float, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8.5, 5.0), layout="constrained")
-    FigureCanvasAgg(fig)
+def _plot(rows: list[Row], dense_acc: float, path: Path, name: str, dataset: str) -> None:
+    fig = new_figure(8.5, 5.0)
     ax = fig.add_subplot()
     ax.axhline(100 * (1 - dense_acc), color="gray", ls="--", lw=1, label=f"dense: {100 * (1 - dense_acc):.2f}%")
     methods = list(dict.fromkeys(r.method for r in rows if r.accs))
@@ -396,11 +481,11 @@ def _plot(rows: list[Row], dense_acc: float, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("paper-accounting compression ratio")
-    ax.set_ylabel("test error (%), MNIST")
-    ax.set_title("WRN-16 on MNIST: test error vs size (lower left is better)")
+    ax.set_ylabel(f"test error (%), {DATASETS[dataset]}")
+    ax.set_title(f"{name} on {DATASETS[dataset]}: test error vs size (lower left is better)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    fig.savefig(path, dpi=110)
+    write_figure(fig, path, 110)
 
 
 def _reading(rows: list[Row], targets: list[float]) -> list[str]:
@@ -444,6 +529,15 @@ def _reading(rows: list[Row], targets: list[float]) -> list[str]:
                 f"  With every stage applied, row sharing after Deep k-Means and center fine-tuning {verdict} scalar"
                 f" sharing with center fine-tuning ({tuned:.2f}% vs {scalar_ft:.2f}% error)."
             )
+        stack = err.get("g. frontier stack + center fine-tuning")
+        if stack is not None and tuned is not None:
+            verdict = "beats" if stack < tuned else "does not beat"
+            lines.append(
+                f"  The frontier stack (8-bit, beta, distillation, importance) after center fine-tuning {verdict}"
+                f" Deep k-Means + center fine-tuning at 32 bits ({stack:.2f}% vs {tuned:.2f}% error, at"
+                f" {at['g. frontier stack + center fine-tuning'].paper_cr:.1f}x vs"
+                f" {at['e. d + center fine-tuning'].paper_cr:.1f}x)."
+            )
         for peer in ("f. coremltools post-training k-means", "f. coremltools DKMPalettizer"):
             if peer in err and kmeans is not None:
                 r = at[peer]
@@ -455,20 +549,20 @@ def _reading(rows: list[Row], targets: list[float]) -> list[str]:
 
 
 def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: list[Row], seconds: float) -> Path:
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(args.out or ROOT / "docs" / ("convnet.md" if args.dataset == "mnist" else f"convnet_{args.dataset}.md"))
+    data = DATASETS[args.dataset]
     plot = out.with_suffix(".png")
-    _plot(rows, dense_acc, plot)
+    _plot(rows, dense_acc, plot, name, args.dataset)
     command = " ".join(["python benchmarks/convnet.py", *argv])
     lines = [
-        "# Conv filter rows in a Wide ResNet: Deep k-Means against scalar sharing and a peer (MNIST)",
+        f"# Conv filter rows in a residual network: Deep k-Means against scalar sharing and a peer ({data})",
         "",
-        f"**MNIST, not CIFAR-10.** `{name}`: WRN-16-{args.width} with WRN-16-4's 16 conv layers (the first block of"
-        " each stage keeps its 1x1 shortcut conv), 28x28 single-channel input, no dropout. Pre-trained for"
-        f" {args.pretrain_epochs} epoch(s) on the first 55,000 training images ({epoch_seconds:.0f} s per epoch"
-        " on this 2-core CPU); per-layer K and p chosen by `deepkmeans tune` on the last"
-        f" {args.val_images} of the 5,000 held-out training images, for each target size (when a family's grid"
-        f" cannot reach a target, p in {EXTRA_PS} join its grid); the test set (10,000"
+        f"**{data}{', not CIFAR-10' if args.dataset != 'cifar10' else ''}.** `{name}`: {MODELS[name]},"
+        f" {'32x32 colour' if args.dataset == 'cifar10' else '28x28 single-channel'} input. Pre-trained for"
+        f" {args.pretrain_epochs} epoch(s) on the first {args.sizes[0]:,} training images"
+        f" ({epoch_seconds:.0f} s per epoch on this 2-core CPU); per-layer K and p chosen by `deepkmeans tune` on the"
+        f" last {args.val_images} of the {args.validation:,} held-out training images, for each target size (when a"
+        f" family's grid cannot reach a target, p in {EXTRA_PS} join its grid); the test set ({args.sizes[1]:,}"
         " images) is used only for the figures below.",
         "",
         f"Generated by `{command.strip()}` in {seconds / 60:.0f} min"
@@ -502,8 +596,9 @@ def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: 
         " Retraining rows: seeds set the k-means seed and the batch order. File CR: dense state dict bytes / the"
         " .dkm file. Energy: the row-stationary model at batch 1 (`deepkmeans energy`). Training budgets differ"
         f" by design: a + center fine-tuning trains {args.finetune_epochs} epoch(s), c and d"
-        f" {args.retrain_epochs}, e {args.retrain_epochs + args.finetune_epochs}; DKMPalettizer trains for d's"
-        " wall time.",
+        f" {args.retrain_epochs}, e and g {args.retrain_epochs + args.finetune_epochs}; DKMPalettizer trains for"
+        " d's wall time. The frontier stack (g) stores centers and biases in 8 bits, so its K / p are tuned at that"
+        " width for the same target size.",
         "",
         "## Reading",
         "",
@@ -562,7 +657,8 @@ def _cifar_section(step: float | None) -> list[str]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--width", type=int, default=1, choices=(1, 2))
+    p.add_argument("--model", default="wrn16_1_mnist", choices=list(MODELS))
+    p.add_argument("--dataset", default="mnist", choices=list(DATASETS))
     p.add_argument("--targets", type=lambda s: [float(v) for v in s.split(",")], default=[47.0, 100.0])
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--pretrain-epochs", type=int, default=4)
@@ -575,10 +671,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ks", type=lambda s: tuple(int(v) for v in s.split(",")), default=(4, 8, 16, 32, 64))
     p.add_argument("--ps", type=lambda s: tuple(float(v) for v in s.split(",")), default=(0.0, 0.5, 0.8, 0.95))
     p.add_argument("--limit", type=int, help="use only the first N training and test images (smoke runs)")
-    p.add_argument("--data-dir", help="MNIST IDX files (default: the offline cache)")
+    p.add_argument("--data-dir", help="the data set's standard files (default for MNIST/Fashion-MNIST: the cache)")
     p.add_argument("--work", default=str(ROOT / "runs" / "convnet"))
-    p.add_argument("--out", default=str(ROOT / "docs" / "convnet.md"))
+    p.add_argument("--out", help="the page (default: docs/convnet.md for MNIST, docs/convnet_DATASET.md otherwise)")
     p.add_argument("--skip-coreml", action="store_true")
+    p.add_argument("--skip-stack", action="store_true", help="leave out g, the frontier stack")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch per stage, one seed, no peer")
     p.add_argument("--render", action="store_true", help="rebuild the page from WORK/rows.json of an earlier run")
     return p

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:
@@ -22,6 +24,14 @@ def write_atomic(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_figure(fig: Any, path: str | Path, dpi: int) -> Path:
+    """Render a matplotlib figure in memory (format from the suffix, PNG by default), then write it atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format=Path(path).suffix.lstrip(".") or "png", dpi=dpi)
+    write_atomic(path, buf.getvalue())
+    return Path(path)
 
 
 def _umask() -> int:

@@ -34,7 +34,14 @@ def test_convnet_benchmark_smoke(tmp_path: Path, mnist_dir: Path) -> None:
         str(tmp_path / "c.md"),
     ]
     page = convnet.main(argv).read_text()
-    for method in ("a. scalar sharing (d = 1)", "b. row sharing", "c. Deep k-Means, spectral", "e. d + center"):
+    methods = (
+        "a. scalar sharing (d = 1)",
+        "b. row sharing",
+        "c. Deep k-Means, spectral",
+        "e. d + center",
+        "g. frontier",
+    )
+    for method in methods:
         assert method in page
     assert "MNIST, not CIFAR-10" in page and (tmp_path / "c.png").is_file()
     rendered = convnet.main(["--render", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "c.md")])

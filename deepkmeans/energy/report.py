@@ -6,18 +6,16 @@ same folder, then ``os.replace``) so that an interrupted run never leaves a half
 
 from __future__ import annotations
 
-import io
 import json
 import os
 from collections.abc import Callable
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 from deepkmeans.energy.hardware import LEVELS
 from deepkmeans.energy.layer import Layer
 from deepkmeans.energy.rs import DATA_TYPES, Breakdown, EnergyResult
-from deepkmeans.fileio import write_atomic
+from deepkmeans.fileio import write_atomic, write_figure
 
 _COMPONENTS: tuple[str, ...] = ("computation", "RF", "array", "GLB", "DRAM")
 
@@ -182,7 +180,4 @@ def plot_breakdown(result: EnergyResult, path: str | os.PathLike) -> None:
         f"shared {_fmt(result.shared_total)} ({result.ratio:.2f}x)"
     )
     ax.legend(fontsize=8)
-    fmt = Path(path).suffix.lstrip(".") or "png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format=fmt, dpi=120)
-    write_atomic(path, buf.getvalue())
+    write_figure(fig, path, 120)

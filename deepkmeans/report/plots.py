@@ -8,7 +8,6 @@ holds a half-written image.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from deepkmeans.accounting import Accounting
-from deepkmeans.fileio import write_atomic
+from deepkmeans.fileio import write_figure
 from deepkmeans.sweep import Anchor, SweepPoint
 
 DPI = 110
@@ -34,18 +33,11 @@ FILTER_GAP = 2  # pixels between filters in a mosaic (channels of one filter are
 MAX_TILES = 320  # kernel tiles per filter mosaic when the number of filters is left automatic
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
+    """A figure of ``width`` x ``height`` inches on its own Agg canvas (no pyplot state), laid out tightly."""
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
-
-
-def _save(fig: Figure, path: str | Path) -> Path:
-    """Render to PNG in memory, then write it atomically (temporary file beside ``path``, then replace)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
-    write_atomic(path, buf.getvalue())
-    return Path(path)
 
 
 def _numpy(t: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -72,7 +64,7 @@ def plot_memory_share(accounting_before: Accounting, accounting_after: Accountin
     before_share = 100 * before_bits / before_bits.sum()
     after_share = 100 * after_bits / after_bits.sum()
 
-    fig = _figure(max(8.0, 1.6 * len(names) + 4.0), 4.2)
+    fig = new_figure(max(8.0, 1.6 * len(names) + 4.0), 4.2)
     share_ax, bits_ax = fig.subplots(1, 2)
     x = np.arange(len(names))
     width = 0.4
@@ -99,7 +91,7 @@ def plot_memory_share(accounting_before: Accounting, accounting_after: Accountin
         bits_ax.annotate(f"{ratio:.1f}x", (xi, top), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
     bits_ax.set_ylim(top=before_bits.max() * 4)
     bits_ax.set_title(f"bits per layer (total {before_bits.sum() / after_bits.sum():.1f}x smaller)")
-    return _save(fig, path)
+    return write_figure(fig, path, DPI)
 
 
 def _filter_mosaic(weight: np.ndarray, scale: np.ndarray, filters_per_row: int) -> np.ndarray:
@@ -156,7 +148,7 @@ def plot_filters(
     height, width = images[0].shape
     panel_w = min(7.0, max(2.5, width / 12))
     panel_h = min(9.0, max(2.2, panel_w * height / width))
-    fig = _figure(2 * panel_w + 0.6, panel_h + 0.9)
+    fig = new_figure(2 * panel_w + 0.6, panel_h + 0.9)
     axes = fig.subplots(1, 2)
     cmap = _gray_with_gaps()
     for ax, image, label in zip(axes, images, ("before (dense)", "after (weight-shared)"), strict=True):
@@ -176,7 +168,7 @@ def plot_filters(
         f"{title + ': ' if title else ''}{shown} ({h}x{w} kernels)\n{layout}; gray scale +-max|w| per filter",
         fontsize=9,
     )
-    return _save(fig, path)
+    return write_figure(fig, path, DPI)
 
 
 def _gray_with_gaps() -> Colormap:
@@ -317,7 +309,7 @@ def plot_row_distribution(
     """
     panels = _row_panels(rows_before, rows_after, centers, assignments, centers_before, assignments_before)
     n_rows, d = panels[1].rows.shape
-    fig = _figure(11.0, 8.2)
+    fig = new_figure(11.0, 8.2)
     grid = fig.add_gridspec(2, 2, height_ratios=(1.25, 1))
     top = [fig.add_subplot(grid[0, 0])]
     top.append(fig.add_subplot(grid[0, 1], sharex=top[0], sharey=top[0]))
@@ -330,7 +322,7 @@ def plot_row_distribution(
         if len(shown) < n_rows:
             note = f"; scatter shows {len(shown)} of them{note}"
     fig.suptitle(f"{title + ': ' if title else ''}{n_rows} rows of length {d}{note}", fontsize=10)
-    return _save(fig, path)
+    return write_figure(fig, path, DPI)
 
 
 def plot_hardness(history: Mapping[int, Mapping[str, float]], path: str | Path) -> Path:
@@ -343,7 +335,7 @@ def plot_hardness(history: Mapping[int, Mapping[str, float]], path: str | Path) 
     if not epochs:
         raise ValueError("no hardness history to plot")
     names = list(dict.fromkeys(n for e in epochs for n in history[e]))
-    fig = _figure(10.0, 4.0)
+    fig = new_figure(10.0, 4.0)
     abs_ax, rel_ax = fig.subplots(1, 2, sharex=True)
     for name in names:
         xs = [e for e in epochs if name in history[e]]
@@ -362,7 +354,7 @@ def plot_hardness(history: Mapping[int, Mapping[str, float]], path: str | Path) 
         ax.set_xticks(epochs)
         ax.grid(alpha=0.3)
     abs_ax.legend(fontsize=8)
-    return _save(fig, path)
+    return write_figure(fig, path, DPI)
 
 
 _RUN_COLORS = ("#dd8452", "#8172b3", "#937860", "#da8bc3", "#8c8c8c", "#ccb974", "#64b5cd", "#c44e52")
@@ -414,7 +406,7 @@ def plot_sweep(points: Sequence[SweepPoint], anchors: Sequence[Anchor], path: st
     Anchors are numbers reported in the literature (drawn as labeled stars, legend "published"), not
     measurements of this run; the swept checkpoint itself, uncompressed, is a dashed horizontal reference line.
     """
-    fig = _figure(10.5, 5.5)
+    fig = new_figure(10.5, 5.5)
     ax = fig.add_subplot()
     dense = [pt for pt in points if pt.grid == "dense"]
     for pt in dense:
@@ -472,4 +464,4 @@ def plot_sweep(points: Sequence[SweepPoint], anchors: Sequence[Anchor], path: st
     ax.grid(alpha=0.3, which="both")
     ax.margins(x=0.1)  # room for the point labels at both ends
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, path)
+    return write_figure(fig, path, DPI)
