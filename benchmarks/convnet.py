@@ -51,10 +51,8 @@ from deepkmeans.config import (
 )
 from deepkmeans.data import Batches
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.fileio import write_atomic, write_figure
-from deepkmeans.measure import Measurement
-from deepkmeans.models import model_info
-from deepkmeans.pipeline import (
+from deepkmeans.files.atomic import write_atomic, write_figure
+from deepkmeans.job.stages import (
     Session,
     compress_and_measure,
     finetune,
@@ -65,6 +63,8 @@ from deepkmeans.pipeline import (
     retrain,
     start_session,
 )
+from deepkmeans.measure import Measurement
+from deepkmeans.models import model_info
 from deepkmeans.report.plots import new_figure
 from deepkmeans.train import Loop, evaluate
 from deepkmeans.tuning import Candidate, Grid, sensitivities, tune

@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from deepkmeans.config import RunConfig, from_dict
-from deepkmeans.fileio import write_atomic
-from deepkmeans.pipeline import run
-from deepkmeans.runs import RunFiles, RunMetrics
+from deepkmeans.files.atomic import write_atomic
+from deepkmeans.job.results import RunFiles, RunMetrics
+from deepkmeans.job.run import run
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "frontier" / "lenet5_165x_base.yaml"

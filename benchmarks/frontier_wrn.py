@@ -24,10 +24,10 @@ from pathlib import Path
 from deepkmeans import account, compress
 from deepkmeans.config import CompressConfig, LayerSpec, RunConfig, TrainConfig
 from deepkmeans.errors import PlanWarning
-from deepkmeans.fileio import write_atomic
+from deepkmeans.files.atomic import write_atomic
 from deepkmeans.importance import squared_gradients
+from deepkmeans.job.stages import compress_and_measure, model_meta, pretrain, start_session
 from deepkmeans.measure import Measurement
-from deepkmeans.pipeline import compress_and_measure, model_meta, pretrain, start_session
 from deepkmeans.plan import build_plan
 from deepkmeans.train import evaluate
 

@@ -35,6 +35,7 @@ def _model() -> nn.Module:
 
 def _child(variant: str, steps: int, batch: int) -> None:
     from deepkmeans import CompressConfig, DeepKMeans, LayerSpec, RegularizerConfig
+    from deepkmeans.train import step
 
     model = _model()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -48,14 +49,7 @@ def _child(variant: str, steps: int, batch: int) -> None:
     x, y = torch.randn(batch, 4096, generator=gen), torch.randn(batch, 4096, generator=gen)
     started = time.perf_counter()
     for _ in range(steps):
-        loss = nn.functional.mse_loss(model(x), y)
-        if dkm is not None and dkm.in_loss:
-            loss = loss + dkm.penalty()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dkm is not None:
-            dkm.step()
+        step(nn.functional.mse_loss(model(x), y), opt, dkm)
     step = (time.perf_counter() - started) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     params = sum(p.numel() for p in model.parameters())

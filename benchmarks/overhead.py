@@ -25,6 +25,7 @@ from deepkmeans import DeepKMeans
 from deepkmeans.config import load_config
 from deepkmeans.data import load_data
 from deepkmeans.models import build_model, model_info
+from deepkmeans.train import step
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("plain", "loss", "gradient")
@@ -33,14 +34,7 @@ MODES = ("plain", "loss", "gradient")
 def _block(model: nn.Module, opt: torch.optim.Optimizer, batches: list, dkm: DeepKMeans | None) -> float:
     start = time.perf_counter()
     for x, y in batches:
-        loss = nn.functional.cross_entropy(model(x), y)
-        if dkm is not None and dkm.in_loss:
-            loss = loss + dkm.penalty()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if dkm is not None:
-            dkm.step()
+        step(nn.functional.cross_entropy(model(x), y), opt, dkm)
     return time.perf_counter() - start
 
 

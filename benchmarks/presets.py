@@ -16,7 +16,7 @@ import torch
 
 from deepkmeans import account, compress, save
 from deepkmeans.config import load_config
-from deepkmeans.files import load_model_file
+from deepkmeans.files.models import load_model_file
 from deepkmeans.models.wrn import wrn16_4
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ from deepkmeans.config import CompressConfig, LayerSpec, RegularizerConfig
 from deepkmeans.energy.torch_layers import estimate_energy
 from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError, PlanWarning
 from deepkmeans.export import OnnxExport, export_onnx
-from deepkmeans.files import load, save
+from deepkmeans.files.models import load, save
 from deepkmeans.lifecycle import DeepKMeans, LayerReport, compress
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.plan import LayerPlan, PlannedLayer, build_plan

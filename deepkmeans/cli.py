@@ -145,13 +145,13 @@ def _with(where: str, section: object, **overrides: object) -> object:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from deepkmeans.pipeline import run
+    from deepkmeans.job.run import run
 
     run(_config(args), quick=args.quick, progress=False if args.no_progress else None)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import train_checkpoint
+    from deepkmeans.job.commands import train_checkpoint
 
     cfg = _config(args)
     cfg = replace(cfg, train=_with("train", cfg.train, epochs=args.epochs))
@@ -160,7 +160,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_retrain(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import retrain_checkpoint
+    from deepkmeans.job.commands import retrain_checkpoint
 
     cfg = _config(args)
     cfg = replace(cfg, retrain=_with("retrain", cfg.retrain, method=args.method, epochs=args.epochs, lam=args.lam))
@@ -169,7 +169,7 @@ def cmd_retrain(args: argparse.Namespace) -> None:
 
 
 def cmd_compress(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import compress_checkpoint
+    from deepkmeans.job.commands import compress_checkpoint
     from deepkmeans.report.tables import layer_table, ratio_summary
 
     accounting = compress_checkpoint(args.checkpoint, _config(args), args.output)
@@ -179,7 +179,7 @@ def cmd_compress(args: argparse.Namespace) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import tune_checkpoint
+    from deepkmeans.job.commands import tune_checkpoint
     from deepkmeans.tuning import BETAS, WIDTHS, Grid
 
     cfg = _config(args)
@@ -204,7 +204,7 @@ def cmd_tune(args: argparse.Namespace) -> None:
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import finetune_file
+    from deepkmeans.job.commands import finetune_file
 
     cfg = _config(args)
     epochs = args.epochs if args.epochs is not None else max(cfg.finetune.epochs, 1)
@@ -216,7 +216,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import evaluate_file
+    from deepkmeans.job.commands import evaluate_file
     from deepkmeans.report.tables import layer_table, ratio_summary
 
     result = evaluate_file(args.file, args.data_dir, args.device)
@@ -235,7 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_energy(args: argparse.Namespace) -> None:
     from deepkmeans.energy import format_table, plot_breakdown, result_to_dict
-    from deepkmeans.jobs import energy_of
+    from deepkmeans.job.commands import energy_of
 
     result = energy_of(args.file, args.model, args.batch)
     if args.plot:
@@ -249,7 +249,7 @@ def cmd_energy(args: argparse.Namespace) -> None:
 
 
 def cmd_sweep(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import sweep_checkpoint
+    from deepkmeans.job.commands import sweep_checkpoint
 
     def show(point: SweepPoint) -> None:
         where = {"dense": "dense", "K": f"K x {point.k_scale:g}", "p": f"p {point.p_offset:+g}"}.get(point.grid, "")
@@ -261,7 +261,7 @@ def cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> None:
-    from deepkmeans.jobs import export_file
+    from deepkmeans.job.commands import export_file
 
     result = export_file(args.file, args.output, args.format, args.dense)
     for layer in result.layers:

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.fileio import write_atomic
+from deepkmeans.files.atomic import write_atomic
 from deepkmeans.shared import materialize, shared_layers
 
 OPSET = 21  # the first opset whose Cast takes 4-bit integers

@@ -15,7 +15,7 @@ from torch import nn
 
 from deepkmeans.accounting import Accounting, account
 from deepkmeans.data import Batches
-from deepkmeans.files import load, save
+from deepkmeans.files.models import load, save
 from deepkmeans.shared import copy_module, materialize
 from deepkmeans.train import evaluate
 

@@ -169,7 +169,7 @@ def _measure(
 
 def run_points(run_dir: str | Path) -> list[SweepPoint]:
     """The compressed models of a ``deepkmeans run`` folder as points (measured there, read from its metrics)."""
-    from deepkmeans.runs import RunFiles, RunMetrics
+    from deepkmeans.job.results import RunFiles, RunMetrics
 
     metrics = RunMetrics.read(RunFiles(Path(run_dir)))
     layers = metrics.config.get("compress", {}).get("layers", {})

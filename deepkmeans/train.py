@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -21,7 +19,7 @@ from deepkmeans.config import DistillConfig, TrainConfig
 from deepkmeans.data import Batches
 from deepkmeans.distill import distillation_loss
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.fileio import write_atomic
+from deepkmeans.files.checkpoints import load_checkpoint, save_checkpoint
 
 
 class Lifecycle(Protocol):
@@ -97,31 +95,6 @@ def evaluate(model: nn.Module, batches: Batches, device: torch.device) -> tuple[
     return loss_sum / max(total, 1), correct / max(total, 1)
 
 
-def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Atomic ``torch.save``: an interrupted write never leaves a half checkpoint behind."""
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_atomic(path, buf.getvalue())
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no arbitrary code from the file)."""
-    path = Path(path)
-    if path.is_dir():
-        raise DeepKMeansError(f"checkpoint {path} is a directory")
-    if not path.is_file():
-        raise DeepKMeansError(f"checkpoint {path} not found")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch's notes on unsafe pickles: the error below says it all
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DeepKMeansError(f"{path}: not a readable checkpoint ({type(exc).__name__})") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise DeepKMeansError(f"{path}: not a deepkmeans checkpoint (no model state)")
-    return state
-
-
 @dataclass
 class _Optimizer:
     """SGD with momentum (or Adam) and a per-iteration cosine schedule over ``epochs * steps_per_epoch`` steps."""
@@ -188,6 +161,23 @@ def _resume(
     return done, [EpochLog(**h) for h in state.get("history", [])]
 
 
+def step(loss: torch.Tensor, opt: torch.optim.Optimizer, dkm: Lifecycle | None) -> float:
+    """One optimizer step of (Deep k-Means) training on ``loss``: the lifecycle's penalty joins the loss when it is
+    applied there (with ``apply: gradient`` its gradient joins at backward instead), then backward, the optimizer's
+    step and the lifecycle's (its F refresh). Returns the penalty added to the loss (0.0 when none was)."""
+    penalty = 0.0
+    if dkm is not None and dkm.in_loss:
+        pen = dkm.penalty()
+        loss = loss + pen
+        penalty = float(pen.detach())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    if dkm is not None:
+        dkm.step()
+    return penalty
+
+
 def train_epoch(
     model: nn.Module,
     batches: Batches,
@@ -216,16 +206,11 @@ def train_epoch(
             with torch.no_grad():
                 teacher_logits = teacher(x)
             total = distillation_loss(logits, teacher_logits, y, distill.weight, distill.temperature)
-        if use_penalty and dkm.in_loss:
-            pen = dkm.penalty()
-            total = total + pen
-            pen_sum += float(pen.detach())
-        optim.opt.zero_grad(set_to_none=True)
-        total.backward()
-        optim.opt.step()
+        pen = step(total, optim.opt, dkm if use_penalty else None)
         optim.sched.step()
-        if dkm is not None:
+        if dkm is not None and not use_penalty:
             dkm.step()
+        pen_sum += pen
         task_sum += float(loss.detach())
         n += 1
         if n % 20 == 0:

@@ -10,11 +10,11 @@ import pytest
 import torch
 from torch import nn
 
-from deepkmeans import pipeline
 from deepkmeans.calibrate import batchnorm_layers, reestimate_batchnorm_
 from deepkmeans.config import CompressConfig, LayerSpec, RunConfig
 from deepkmeans.data import Batches
 from deepkmeans.errors import PlanWarning
+from deepkmeans.job import stages
 from deepkmeans.train import Loop
 
 
@@ -110,8 +110,8 @@ def test_compress_and_measure_reestimates_and_warns_without_batchnorm(tmp_path) 
     layers = {"1": LayerSpec(K=2), "4": LayerSpec(K=2)}
     cfg = RunConfig(bn_reestimate=2, compress=CompressConfig(layers=layers))
     model = _net()
-    shared, _ = pipeline.compress_and_measure(model, cfg, _loop(batches), tmp_path / "a.dkm", {})
-    plain, _ = pipeline.compress_and_measure(
+    shared, _ = stages.compress_and_measure(model, cfg, _loop(batches), tmp_path / "a.dkm", {})
+    plain, _ = stages.compress_and_measure(
         model, RunConfig(compress=cfg.compress), _loop(batches), tmp_path / "b.dkm", {}
     )
     assert torch.equal(plain[2].running_mean, model[2].running_mean)  # off: the dense model's statistics
@@ -119,7 +119,7 @@ def test_compress_and_measure_reestimates_and_warns_without_batchnorm(tmp_path) 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         flat = nn.Sequential(nn.Linear(6, 3))
-        pipeline.compress_and_measure(
+        stages.compress_and_measure(
             flat,
             RunConfig(bn_reestimate=2, compress=CompressConfig(layers={"0": LayerSpec(K=2)})),
             _loop(batches),

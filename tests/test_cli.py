@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from deepkmeans.cli import main
-from deepkmeans.train import load_checkpoint
+from deepkmeans.files.checkpoints import load_checkpoint
 
 
 def _config(tmp_path: Path, mnist_dir: Path, retrain_epochs: int = 1) -> Path:

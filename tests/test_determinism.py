@@ -11,8 +11,8 @@ import torch
 from deepkmeans import compress, save
 from deepkmeans.cli import main
 from deepkmeans.config import CompressConfig, LayerSpec
+from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.models.lenet import LeNet5Caffe
-from deepkmeans.train import load_checkpoint
 
 # K-means++ seeding matters for rows of length d >= 2 (d = 1 uses the exact, seed-free 1-D solver).
 LAYERS = {"conv1": LayerSpec(4), "conv2": LayerSpec(4, 0.5), "fc2": LayerSpec(4, d=5)}

@@ -11,14 +11,15 @@ import torch
 import yaml
 from torch import nn
 
-from deepkmeans import pipeline
 from deepkmeans.config import DistillConfig, FinetuneConfig, RetrainConfig, RunConfig, from_dict, load_config, to_dict
 from deepkmeans.data import Batches
 from deepkmeans.distill import distillation_loss, soft_target_kl
 from deepkmeans.distributed import Rank
 from deepkmeans.errors import ConfigError, DeepKMeansError
-from deepkmeans.jobs import finetune_file
-from deepkmeans.train import Loop, fit, load_checkpoint, save_checkpoint
+from deepkmeans.files.checkpoints import load_checkpoint, save_checkpoint
+from deepkmeans.job import stages
+from deepkmeans.job.commands import finetune_file
+from deepkmeans.train import Loop, fit
 
 LN3 = math.log(3)
 
@@ -130,14 +131,14 @@ def test_retrain_distils_a_frozen_copy_of_the_model_before_retraining(monkeypatc
             model.weight.add_(1.0)  # re-training changes the model in place; the teacher must not follow
         return []
 
-    monkeypatch.setattr(pipeline, "fit", fake_fit)
+    monkeypatch.setattr(stages, "fit", fake_fit)
     model = nn.Linear(4, 3)
     dense = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
-    session = pipeline.Session(Rank(), _loop(x, y, 16))
+    session = stages.Session(Rank(), _loop(x, y, 16))
     distill = DistillConfig(weight=0.5, temperature=2)
     cfg = RunConfig(retrain=RetrainConfig(epochs=1, batch_size=16, lam=1.0, distill=distill))
-    pipeline.retrain(cfg, model, session, Path("unused.ckpt"), {})
+    stages.retrain(cfg, model, session, Path("unused.ckpt"), {})
     teacher = seen["teacher"]
     assert isinstance(teacher, nn.Module) and teacher is not model and not teacher.training
     assert all(torch.equal(dense[k], v) for k, v in teacher.state_dict().items())
@@ -145,7 +146,7 @@ def test_retrain_distils_a_frozen_copy_of_the_model_before_retraining(monkeypatc
     assert seen["distill"] == DistillConfig(0.5, 2.0)
     seen.clear()
     plain = RunConfig(retrain=RetrainConfig(epochs=1, batch_size=16, lam=1.0))
-    pipeline.retrain(plain, model, session, Path("u.ckpt"), {})
+    stages.retrain(plain, model, session, Path("u.ckpt"), {})
     assert seen["teacher"] is None
 
 
@@ -153,7 +154,7 @@ def test_finetuning_with_distillation_needs_the_dense_model(tmp_path: Path) -> N
     cfg = RunConfig(finetune=FinetuneConfig(epochs=1, distill=DistillConfig(weight=0.5)))
     x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))
     with pytest.raises(DeepKMeansError, match="needs a teacher"):
-        pipeline.finetune(cfg, nn.Linear(4, 3), _loop(x, y, 8), tmp_path / "ft.ckpt", {})
+        stages.finetune(cfg, nn.Linear(4, 3), _loop(x, y, 8), tmp_path / "ft.ckpt", {})
     with pytest.raises(DeepKMeansError, match="needs the dense checkpoint.*deepkmeans run"):
         finetune_file(tmp_path / "m.dkm", cfg, tmp_path / "out.dkm")
 

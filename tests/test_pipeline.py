@@ -5,7 +5,7 @@ from pathlib import Path
 import torch
 
 from deepkmeans.config import CompressConfig, LayerSpec, RetrainConfig, RunConfig, TrainConfig
-from deepkmeans.pipeline import compress_and_measure, pretrain, retrain, start_session
+from deepkmeans.job.stages import compress_and_measure, pretrain, retrain, start_session
 
 
 def test_retrain_keeps_the_sessions_batches_and_compress_keeps_the_model(tmp_path: Path, mnist_dir: Path) -> None:
@@ -34,8 +34,9 @@ def test_a_run_clusters_each_layer_once_per_weight_state_and_warns_once(
     left dense is said once."""
     import warnings
 
-    from deepkmeans import lifecycle, pipeline
+    from deepkmeans import lifecycle
     from deepkmeans.errors import PlanWarning
+    from deepkmeans.job import run as job
     from deepkmeans.regularize import regularizer
 
     calls: list[int] = []
@@ -59,7 +60,7 @@ def test_a_run_clusters_each_layer_once_per_weight_state_and_warns_once(
     )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pipeline.run(cfg, progress=False)
+        job.run(cfg, progress=False)
     shared_layers = 3  # conv1 is left dense: K=500 >= its 100 rows
     assert len(calls) == shared_layers * (1 + cfg.retrain.epochs)
     notes = [str(w.message) for w in caught if issubclass(w.category, PlanWarning)]

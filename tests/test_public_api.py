@@ -75,7 +75,7 @@ def test_readme_python_api_snippet_runs(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_save_with_a_name_makes_a_file_the_command_line_rebuilds(tmp_path: Path) -> None:
-    from deepkmeans.files import load_model_file
+    from deepkmeans.files.models import load_model_file
 
     config = deepkmeans.CompressConfig(layers={"type:Conv2d": deepkmeans.LayerSpec(K=4)})
     shared = deepkmeans.compress(LeNet5Caffe(), config)

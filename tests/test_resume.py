@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deepkmeans.train import load_checkpoint
+from deepkmeans.files.checkpoints import load_checkpoint
 from tests.conftest import make_mnist_dir
 
 ROOT = Path(__file__).resolve().parents[1]

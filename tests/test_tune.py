@@ -11,9 +11,10 @@ from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.config import load_config
 from deepkmeans.data import Batches, load_splits
-from deepkmeans.files import load_model_file
-from deepkmeans.runs import RunFiles, RunMetrics
-from deepkmeans.train import evaluate, load_checkpoint
+from deepkmeans.files.checkpoints import load_checkpoint
+from deepkmeans.files.models import load_model_file
+from deepkmeans.job.results import RunFiles, RunMetrics
+from deepkmeans.train import evaluate
 from deepkmeans.tuning import Candidate, Grid, allocate, linear_row_lengths, tune
 from tests.conftest import make_mnist_dir
 from tests.test_cli import _config

@@ -15,7 +15,7 @@ from deepkmeans import CompressConfig, LayerSpec, account, compress, load, mater
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.errors import DeepKMeansError, FormatError, PlanWarning
-from deepkmeans.train import save_checkpoint
+from deepkmeans.files.checkpoints import save_checkpoint
 
 
 class AttentionNet(nn.Module):

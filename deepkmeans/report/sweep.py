@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from deepkmeans.fileio import write_atomic
+from deepkmeans.files.atomic import write_atomic
 from deepkmeans.report.plots import plot_sweep
 from deepkmeans.sweep import Anchor, SweepPoint, anchors_for
 

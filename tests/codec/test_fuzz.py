@@ -35,7 +35,7 @@ from deepkmeans.codec.container import FORMAT_VERSION, HEADER_SIZE, MAGIC, META_
 from deepkmeans.codec.model_file import MIN_WEIGHT_LIMIT
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
-from deepkmeans.files import load_compressed
+from deepkmeans.files.models import load_compressed
 from deepkmeans.models import MODELS
 from deepkmeans.models.lenet import LeNet5Caffe
 

@@ -10,7 +10,7 @@ from deepkmeans.codec import model_file
 from deepkmeans.codec.container import HEADER_SIZE, MAGIC, pack, unpack
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
-from deepkmeans.files import load_compressed
+from deepkmeans.files.models import load_compressed
 from deepkmeans.models.lenet import LeNet5Caffe
 from deepkmeans.shared import share_
 

@@ -18,9 +18,9 @@ from deepkmeans.codec import model_file
 from deepkmeans.codec.container import MAGIC
 from deepkmeans.codec.model_file import CompressedModel, LayerCode
 from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
+from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.models import build_model, model_info
 from deepkmeans.shared import share_, shared_layers, shared_state_keys
-from deepkmeans.train import load_checkpoint
 
 
 def _tensor_key(t: torch.Tensor) -> tuple:

@@ -17,12 +17,12 @@ from deepkmeans.data import load_data, load_splits
 from deepkmeans.energy.rs import EnergyResult
 from deepkmeans.energy.torch_layers import estimate_energy
 from deepkmeans.errors import DeepKMeansError, PlanWarning
-from deepkmeans.fileio import check_writable, write_atomic
-from deepkmeans.files import LoadedModel, load_model_file, save
+from deepkmeans.files.atomic import check_writable, write_atomic
+from deepkmeans.files.models import LoadedModel, load_model_file, save
+from deepkmeans.job.stages import checkpoint_meta, model_meta, pretrain, retrain, start_session
 from deepkmeans.lifecycle import compress
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.models import build_model, model_info
-from deepkmeans.pipeline import checkpoint_meta, model_meta, pretrain, retrain, start_session
 from deepkmeans.sweep import SweepPoint, run_points, sweep
 from deepkmeans.train import EpochLog, pick_device
 
@@ -116,7 +116,7 @@ def finetune_file(
 ) -> Finetuning:
     """Fine-tune the centers of a compressed file (assignments fixed) and write the result: same file size.
     ``teacher``: the dense checkpoint the file was compressed from, needed when ``finetune.distill.weight > 0``."""
-    from deepkmeans.pipeline import finetune, frozen_copy
+    from deepkmeans.job.stages import finetune, frozen_copy
 
     if cfg.finetune.distill.weight > 0 and teacher is None:
         raise DeepKMeansError(

@@ -9,7 +9,7 @@ from typing import Any
 
 from deepkmeans.config import from_dict
 from deepkmeans.errors import ConfigError, DeepKMeansError
-from deepkmeans.fileio import write_atomic
+from deepkmeans.files.atomic import write_atomic
 from deepkmeans.measure import Measurement
 from deepkmeans.train import EpochLog
 
