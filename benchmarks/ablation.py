@@ -55,7 +55,7 @@ def main() -> None:
         log, dkm = retrain(mcfg, model, session, work / f"{method}.ckpt", meta)
         _, result = compress_and_measure(model, mcfg, loop, work / f"{method}.dkm", meta, dkm=dkm)
         hard = log[-1].extra["hardness"]
-        rows.append((method, result, hard, statistics.mean(e.seconds for e in log), log[-1].test_acc))
+        rows.append((method, result, hard, statistics.mean(e.seconds for e in log), log[-1].monitored[1]))
     none_time = next((r[3] for r in rows if r[0] == "none"), None)
     names = list(hard0)
     lines = [

@@ -39,27 +39,40 @@ class Lifecycle(Protocol):
 
 @dataclass
 class EpochLog:
-    """What one epoch measured; ``extra`` holds e.g. per-layer hardness."""
+    """What one epoch measured; ``extra`` holds e.g. per-layer hardness. The model is evaluated after each epoch
+    on the validation split when the run holds one out (``val_*``; the test set is then not looked at during
+    training), else on the test set (``test_*``)."""
 
     epoch: int
     task_loss: float
     penalty: float
-    test_loss: float
-    test_acc: float
+    test_loss: float | None
+    test_acc: float | None
     seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    val_loss: float | None = None
+    val_acc: float | None = None
+
+    @property
+    def monitored(self) -> tuple[str, float]:
+        """(split name, accuracy) of the evaluation after this epoch."""
+        if self.val_acc is not None:
+            return "validation", self.val_acc
+        return "test", float("nan") if self.test_acc is None else self.test_acc
 
 
 @dataclass
 class Loop:
-    """Where a training stage runs: its batches, device, whether this process reports, and progress bars
-    (``None``: only when stderr is a terminal; otherwise one line per epoch)."""
+    """Where a training stage runs: its batches, device, whether this process reports, progress bars (``None``:
+    only when stderr is a terminal; otherwise one line per epoch) and the held-out validation batches the model
+    is evaluated on after each epoch (``None``: the test batches are)."""
 
     train: Batches
     test: Batches
     device: torch.device
     is_main: bool = True
     progress: bool | None = None
+    val: Batches | None = None
 
     def show_progress(self) -> bool:
         wanted = sys.stderr.isatty() if self.progress is None else self.progress
@@ -300,16 +313,20 @@ def fit(
                 raise DeepKMeansError(
                     f"{stage} diverged in epoch {epoch + 1} (loss is not finite); lower the learning rate"
                 )
-            test_loss, test_acc = evaluate(inner, loop.test, loop.device)
-            log = EpochLog(epoch + 1, task_sum / max(n, 1), pen_sum / max(n, 1), test_loss, test_acc, seconds)
+            log = EpochLog(epoch + 1, task_sum / max(n, 1), pen_sum / max(n, 1), None, None, seconds)
+            if loop.val is not None:
+                log.val_loss, log.val_acc = evaluate(inner, loop.val, loop.device)
+            else:
+                log.test_loss, log.test_acc = evaluate(inner, loop.test, loop.device)
             if on_epoch is not None:
                 on_epoch(inner, log)
             history.append(log)
             if loop.is_main:
                 shown = f" penalty {log.penalty:.4g}" if dkm is not None and dkm.active else ""
+                split, acc = log.monitored
                 tqdm.write(
                     f"{stage} epoch {epoch + 1}/{cfg.epochs}: loss {log.task_loss:.4f}{shown}"
-                    f" test acc {100 * test_acc:.2f}% ({seconds:.1f}s)"
+                    f" {'val' if split == 'validation' else 'test'} acc {100 * acc:.2f}% ({seconds:.1f}s)"
                 )
             if checkpoint is not None and loop.is_main:
                 _save(Path(checkpoint), stage, cfg, inner, optim, history, meta, dkm)

@@ -45,7 +45,8 @@ def start_session(
     rank, device = distributed.setup(pick_device(cfg.device))
     splits = load_splits(dataset or cfg.dataset, cfg.data_dir, batch_size, cfg.seed, limit, cfg.validation)
     splits.train.set_shard(rank.rank, rank.world_size)
-    return Session(rank, Loop(splits.train, splits.test, device, rank.is_main, progress), splits.val)
+    loop = Loop(splits.train, splits.test, device, rank.is_main, progress, val=splits.val)
+    return Session(rank, loop, splits.val)
 
 
 def model_meta(cfg: RunConfig, dataset: str | None = None) -> dict[str, Any]:

@@ -257,18 +257,20 @@ def _hardness_section(run: Path, metrics: RunMetrics) -> list[str]:
         return [*lines, "Skipped: metrics.json holds no hardness values.", ""]
     names = list(dict.fromkeys(n for h in history.values() for n in h))
     logs = {e.epoch: e for e in metrics.retrain_log}
+    split = next(iter(logs.values())).monitored[0] if logs else "test"
+    dense_acc = metrics.dense.val_acc if split == "validation" else metrics.dense.test_acc
     lines += [
         "Relative quantization error of each layer under the compression step (lower: harder assignments);"
-        " epoch 0 is the pre-trained model. Test accuracy is that of the dense model during re-training.",
+        f" epoch 0 is the pre-trained model. The {split} accuracy is that of the dense model during re-training.",
         "",
-        "| epoch | test accuracy (dense) | penalty | " + " | ".join(names) + " |",
+        f"| epoch | {split} accuracy (dense) | penalty | " + " | ".join(names) + " |",
         "|---" * (3 + len(names)) + "|",
     ]
     for epoch in sorted(history):
         if epoch in logs:
-            acc, penalty = _pct(logs[epoch].test_acc), f"{logs[epoch].penalty:.4g}"
+            acc, penalty = _pct(logs[epoch].monitored[1]), f"{logs[epoch].penalty:.4g}"
         else:
-            acc, penalty = (_pct(metrics.dense.test_acc), "-") if epoch == 0 else ("-", "-")
+            acc, penalty = (_pct(dense_acc), "-") if epoch == 0 and dense_acc is not None else ("-", "-")
         values = " | ".join(f"{history[epoch][n]:.4f}" if n in history[epoch] else "-" for n in names)
         lines.append(f"| {epoch} | {acc} | {penalty} | {values} |")
     lines.append("")
