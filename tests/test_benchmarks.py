@@ -77,3 +77,18 @@ def test_frontier_wrn_lands_each_variant_on_the_target_size() -> None:
         p = wrn.sparsity_for(model, plain, 25.0, 0, loop=None)
         assert account(compress(model, wrn._layers(plain, p))).paper_cr >= 25.0
         assert account(compress(model, wrn._layers(plain, p - 0.002))).paper_cr < 25.0  # the bisection's step
+
+
+@pytest.mark.slow
+def test_convnet_benchmark_runs_resnet20_on_cifar10_files(tmp_path: Path) -> None:
+    """The command docs/cifar.md gives for CIFAR-10, on a tiny folder in the real format."""
+    from tests.conftest import make_cifar_dir
+
+    convnet = _script("convnet")
+    data = make_cifar_dir(tmp_path / "data", per_batch=16, n_test=16)
+    argv = ["--model", "resnet20", "--dataset", "cifar10", "--data-dir", str(data.parent), "--quick"]
+    argv += ["--validation", "16", "--val-images", "16", "--targets", "2", "--ks", "4", "--ps", "0", "--skip-stack"]
+    argv += ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "c.md")]
+    page = convnet.main(argv).read_text()
+    assert "(CIFAR-10)" in page and "`resnet20`" in page and "32x32 colour" in page and "not CIFAR-10" not in page
+    assert "first 64 training images" in page and "test set (16 images)" in page
