@@ -16,9 +16,12 @@ training set, held out of training):
      per-layer K / p tuned at that width, Deep k-Means re-training distilled from the dense model,
      squared-gradient importance in the k-means, center fine-tuning distilled too
 Writes the page (docs/convnet.md for MNIST) with the table, an accuracy-vs-CR plot and a reading of the numbers.
+With ``--weights NAME`` the network is one trained by a third party (deepkmeans.weights), compressed as it ships:
+no pre-training here, and its published figures beside ours (docs/pretrained_NAME.md).
 
     python benchmarks/convnet.py [--model wrn16_1_mnist] [--dataset mnist] [--seeds 2] [--targets 47,100]
     python benchmarks/convnet.py --model resnet20_mnist --dataset fashion_mnist --targets 20,50 --seeds 1
+    python benchmarks/convnet.py --weights ccexam_mnist --targets 50,100
     python benchmarks/convnet.py --quick --data-dir DIR --out /tmp/convnet.md      # smoke run, seconds
     python benchmarks/convnet.py --render      # the page again from runs/convnet/rows.json, nothing re-run
 """
@@ -68,6 +71,7 @@ from deepkmeans.models import model_info
 from deepkmeans.report.plots import new_figure
 from deepkmeans.train import Loop, evaluate
 from deepkmeans.tuning import Candidate, Grid, sensitivities, tune
+from deepkmeans.weights import WEIGHTS, load_pretrained, weights_info
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
@@ -77,6 +81,8 @@ MODELS = {
     " conv), no dropout",
     "resnet20_mnist": "ResNet-20 (He et al. 2016: 19 bias-free 3x3 convs, option-A shortcuts, 0.27M parameters)",
     "resnet20": "ResNet-20 (He et al. 2016: 19 bias-free 3x3 convs, option-A shortcuts, 0.27M parameters)",
+    "digit_cnn": "two 3x3 conv blocks (32 and 64 channels, max-pooled) and a 3136-128-10 classifier, 0.42M"
+    " parameters (95% in the first linear layer)",
 }
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10"}
 STACK_DISTILL = DistillConfig(weight=0.5, temperature=4.0)
@@ -211,8 +217,12 @@ def main(argv: list[str] | None = None) -> Path:
     loop, val = session.loop, _subset(session.val, args.val_images)
     args.sizes = [len(loop.train.x), len(loop.test.x)]
     t0 = time.perf_counter()
-    pretrained, log = pretrain(cfg, session, work / "pretrain.ckpt")
-    epoch_seconds = statistics.median(e.seconds for e in log) if log else float("nan")
+    if args.weights:
+        pretrained, epoch_seconds = load_pretrained(args.weights).to(loop.device), float("nan")
+        args.dense_pr = macro_precision_recall(pretrained, loop.test, loop.device)
+    else:
+        pretrained, log = pretrain(cfg, session, work / "pretrain.ckpt")
+        epoch_seconds = statistics.median(e.seconds for e in log) if log else float("nan")
     _, dense_acc = evaluate(pretrained, loop.test, loop.device)
     print(f"{name}: dense test accuracy {100 * dense_acc:.2f}% ({time.perf_counter() - t0:.0f} s)", flush=True)
     grids = {"rows": Grid(args.ks, args.ps), "scalar": Grid(args.ks, args.ps, 1)}
@@ -245,7 +255,7 @@ def main(argv: list[str] | None = None) -> Path:
                 _save_target(cache, done)
             rows += done["coreml"]
     seconds = time.perf_counter() - started
-    args.step = None if args.quick else wrn16_4_step_seconds()
+    args.step = None if args.quick or args.weights else wrn16_4_step_seconds()
     _save_rows(work / "rows.json", args, argv, name, dense_acc, epoch_seconds, rows, seconds)
     return _write(args, argv, name, dense_acc, epoch_seconds, rows, seconds)
 
@@ -255,6 +265,7 @@ def _save_rows(path: Path, args, argv, name, dense_acc, epoch_seconds, rows, sec
     data = {
         "resumed": getattr(args, "resumed", []),
         "wrn16_4_step_seconds": args.step,
+        "dense_pr": getattr(args, "dense_pr", None),
         "argv": argv,
         "sizes": args.sizes,
         "name": name,
@@ -279,12 +290,17 @@ def _render(args: argparse.Namespace) -> Path:
         _write_json(saved, data)
     run_args.step = data["wrn16_4_step_seconds"]
     run_args.sizes = data["sizes"]
+    run_args.dense_pr = data.get("dense_pr")
     rows = [Row(**r) for r in data["rows"]]
     return _write(run_args, data["argv"], data["name"], data["dense_acc"], data["epoch_seconds"], rows, data["seconds"])
 
 
 def _effective(args: argparse.Namespace) -> argparse.Namespace:
-    """The settings a run uses: ``--quick`` overrides the epochs, seeds and the peer."""
+    """The settings a run uses: ``--weights`` sets the model and data set, ``--quick`` overrides the epochs, seeds
+    and the peer."""
+    if args.weights:
+        info = weights_info(args.weights)
+        args = argparse.Namespace(**{**vars(args), "model": info.model, "dataset": info.dataset})
     if not args.quick:
         return args
     quick = {"pretrain_epochs": 1, "retrain_epochs": 1, "finetune_epochs": 1, "seeds": 1, "skip_coreml": True}
@@ -548,22 +564,74 @@ def _reading(rows: list[Row], targets: list[float]) -> list[str]:
     return lines
 
 
-def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: list[Row], seconds: float) -> Path:
-    out = Path(args.out or ROOT / "docs" / ("convnet.md" if args.dataset == "mnist" else f"convnet_{args.dataset}.md"))
+def _default_out(args: argparse.Namespace) -> Path:
+    if args.weights:
+        return ROOT / "docs" / f"pretrained_{args.weights}.md"
+    return ROOT / "docs" / ("convnet.md" if args.dataset == "mnist" else f"convnet_{args.dataset}.md")
+
+
+def _intro(args, name: str, dense_acc: float, epoch_seconds: float) -> list[str]:
+    """What network, trained by whom on what, and which images each choice and figure comes from."""
     data = DATASETS[args.dataset]
-    plot = out.with_suffix(".png")
-    _plot(rows, dense_acc, plot, name, args.dataset)
-    command = " ".join(["python benchmarks/convnet.py", *argv])
-    lines = [
+    subset = (
+        f"the first {args.val_images:,} of the {args.validation:,}"
+        if args.val_images < args.validation
+        else f"the {args.validation:,}"
+    )
+    tuned = (
+        f"per-layer K and p chosen by `deepkmeans tune` on {subset}"
+        f" held-out training images, for each target size (when a family's grid cannot reach a target, p in"
+        f" {EXTRA_PS} join its grid)"
+    )
+    test = f"the test set ({args.sizes[1]:,} images) is used only for the figures below."
+    if args.weights:
+        info = weights_info(args.weights)
+        precision, recall = args.dense_pr or (float("nan"), float("nan"))
+        return [
+            f"# A network trained by someone else: Deep k-Means against scalar sharing and a peer ({data})",
+            "",
+            f"`{name}`: {MODELS[name]}. **Weights: {info.source}**, loaded as shipped (`deepkmeans import"
+            f" {args.weights}`; no pre-training here). Published: {info.published}. Measured here on the same test"
+            f" set: accuracy {100 * dense_acc:.2f}%, macro precision {precision:.4f}, macro recall {recall:.4f}.",
+            "",
+            f"Re-training and fine-tuning use the first {args.sizes[0]:,} training images; {tuned}. The publisher"
+            " trained on all 60,000 training images, so those validation images were part of its training: choices"
+            " made on them are optimistic, which can only favour the methods that tune on them (all rows but f);"
+            f" {test}",
+        ]
+    return [
         f"# Conv filter rows in a residual network: Deep k-Means against scalar sharing and a peer ({data})",
         "",
         f"**{data}{', not CIFAR-10' if args.dataset != 'cifar10' else ''}.** `{name}`: {MODELS[name]},"
         f" {'32x32 colour' if args.dataset == 'cifar10' else '28x28 single-channel'} input. Pre-trained for"
         f" {args.pretrain_epochs} epoch(s) on the first {args.sizes[0]:,} training images"
-        f" ({epoch_seconds:.0f} s per epoch on this 2-core CPU); per-layer K and p chosen by `deepkmeans tune` on the"
-        f" last {args.val_images} of the {args.validation:,} held-out training images, for each target size (when a"
-        f" family's grid cannot reach a target, p in {EXTRA_PS} join its grid); the test set ({args.sizes[1]:,}"
-        " images) is used only for the figures below.",
+        f" ({epoch_seconds:.0f} s per epoch on this 2-core CPU); {tuned}; {test}",
+    ]
+
+
+def macro_precision_recall(model: nn.Module, batches: Batches, device: torch.device) -> tuple[float, float]:
+    """Macro-averaged precision and recall of ``model`` on ``batches`` (the figures model cards publish)."""
+    model.eval()
+    preds, labels = [], []
+    with torch.no_grad():
+        for x, y in batches:
+            preds.append(model(x.to(device)).argmax(1).cpu())
+            labels.append(y.cpu())
+    pred, label = torch.cat(preds), torch.cat(labels)
+    classes = range(int(label.max()) + 1)
+    hits = {c: int(((pred == c) & (label == c)).sum()) for c in classes}
+    precision = statistics.mean(hits[c] / max(1, int((pred == c).sum())) for c in classes)
+    recall = statistics.mean(hits[c] / max(1, int((label == c).sum())) for c in classes)
+    return precision, recall
+
+
+def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: list[Row], seconds: float) -> Path:
+    out = Path(args.out or _default_out(args))
+    plot = out.with_suffix(".png")
+    _plot(rows, dense_acc, plot, name, args.dataset)
+    command = " ".join(["python benchmarks/convnet.py", *argv])
+    lines = [
+        *_intro(args, name, dense_acc, epoch_seconds),
         "",
         f"Generated by `{command.strip()}` in {seconds / 60:.0f} min"
         + (
@@ -604,7 +672,7 @@ def _write(args, argv, name: str, dense_acc: float, epoch_seconds: float, rows: 
         "",
         *_reading(rows, args.targets),
         "",
-        *_cifar_section(args.step),
+        *([] if args.weights else _cifar_section(args.step)),
     ]
     write_atomic(out, ("\n".join(lines) + "\n").encode())
     print(f"wrote {out} and {plot}")
@@ -658,6 +726,9 @@ def _cifar_section(step: float | None) -> list[str]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="wrn16_1_mnist", choices=list(MODELS))
+    p.add_argument(
+        "--weights", choices=list(WEIGHTS), help="compress a third party's trained network (sets --model, --dataset)"
+    )
     p.add_argument("--dataset", default="mnist", choices=list(DATASETS))
     p.add_argument("--targets", type=lambda s: [float(v) for v in s.split(",")], default=[47.0, 100.0])
     p.add_argument("--seeds", type=int, default=2)

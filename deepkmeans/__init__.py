@@ -21,6 +21,7 @@ from deepkmeans.measure import Measurement, measure
 from deepkmeans.plan import LayerPlan, PlannedLayer, build_plan
 from deepkmeans.shared import SharedWeight, materialize, shared_layers
 from deepkmeans.tuning import TuneResult, tune
+from deepkmeans.weights import load_pretrained
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,7 @@ __all__ = [
     "estimate_energy",
     "export_onnx",
     "load",
+    "load_pretrained",
     "materialize",
     "measure",
     "save",

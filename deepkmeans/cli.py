@@ -113,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="model.onnx", help="output file (default: model.onnx)")
     p.add_argument("--dense", action="store_true", help="plain dense weights, for runtimes that need them")
 
+    p = sub.add_parser(
+        "import", help="make a checkpoint the other verbs take from a state dict or a third party's weights"
+    )
+    p.add_argument("source", help="a .safetensors / torch.save state dict, or known weights: ccexam_mnist")
+    p.add_argument("-o", "--output", default="imported.ckpt", help="output checkpoint (default: imported.ckpt)")
+    p.add_argument("--model", help="its architecture, one of the built-in models (not needed for known weights)")
+    p.add_argument("--dataset", help="the data set it was trained on (default: the architecture's)")
+
     p = sub.add_parser("report", help="(re)build report.md and its plots from a run folder")
     p.add_argument("run_dir", help="folder written by `deepkmeans run`")
     return parser
@@ -271,6 +279,14 @@ def cmd_export(args: argparse.Namespace) -> None:
     print(f"wrote {result.path} ({result.bytes} bytes, {kind})")
 
 
+def cmd_import(args: argparse.Namespace) -> None:
+    from deepkmeans.job.commands import import_weights
+
+    done = import_weights(args.source, args.output, args.model, args.dataset)
+    print(f"{done.source}: {done.model} ({done.parameters:,} values) on {done.dataset}")
+    print(f"wrote {done.path} (no training images held out: tune warns that its validation images were seen)")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from deepkmeans.report.markdown import write_report
 
@@ -288,6 +304,7 @@ COMMANDS = {
     "energy": cmd_energy,
     "sweep": cmd_sweep,
     "export": cmd_export,
+    "import": cmd_import,
     "report": cmd_report,
 }
 

@@ -48,6 +48,52 @@ def test_convnet_benchmark_smoke(tmp_path: Path, mnist_dir: Path) -> None:
     assert rendered.read_text() == page  # the page is rebuilt from the saved rows alone
 
 
+@pytest.mark.slow
+def test_convnet_benchmark_compresses_third_party_weights_as_shipped(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import replace
+
+    from safetensors.torch import save_file
+
+    from deepkmeans.models import build_model
+    from deepkmeans.weights import WEIGHTS
+
+    cache = tmp_path / "cache" / "weights"
+    cache.mkdir(parents=True)
+    save_file(build_model("digit_cnn").state_dict(), cache / "fake.safetensors")
+    monkeypatch.setitem(WEIGHTS, "fake", replace(WEIGHTS["ccexam_mnist"], published="accuracy 12.34% (card)"))
+    monkeypatch.setenv("DEEPKMEANS_CACHE", str(tmp_path / "cache"))
+    convnet = _script("convnet")
+    argv = ["--weights", "fake", "--quick", "--data-dir", str(mnist_dir), "--limit", "128", "--validation", "64"]
+    argv += ["--val-images", "64", "--targets", "4", "--ks", "4,8", "--ps", "0,0.5", "--skip-stack"]
+    argv += ["--work", str(tmp_path / "w"), "--out", str(tmp_path / "p.md")]
+    page = convnet.main(argv).read_text()
+    assert "# A network trained by someone else" in page and "`digit_cnn`" in page
+    assert "Published: accuracy 12.34% (card)" in page and "macro precision 0." in page
+    assert "were part of its training" in page and "WRN-16-4" not in page
+    assert not (tmp_path / "w" / "pretrain.ckpt").exists()  # nothing pre-trained: the weights as shipped
+    rendered = convnet.main(["--render", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "p.md")])
+    assert rendered.read_text() == page
+
+
+def test_macro_precision_and_recall_are_per_class_means() -> None:
+    import torch
+
+    from deepkmeans.data import Batches
+
+    convnet = _script("convnet")
+
+    class Fixed(torch.nn.Module):  # predicts the class stored in the input
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(x[:, 0].long(), 3).float()
+
+    pred, label = torch.tensor([0, 0, 1, 2, 2, 2]), torch.tensor([0, 1, 1, 2, 2, 0])
+    precision, recall = convnet.macro_precision_recall(Fixed(), Batches(pred[:, None], label, 4, False), "cpu")
+    # class 0: 1 of 2 predicted right, 1 of 2 found; class 1: 1/1, 1/2; class 2: 2/3, 2/2
+    assert precision == pytest.approx((1 / 2 + 1 + 2 / 3) / 3) and recall == pytest.approx((1 / 2 + 1 / 2 + 1) / 3)
+
+
 def test_frontier_variants_are_valid_configs_that_change_one_thing(tmp_path: Path) -> None:
     frontier = _script("frontier")
     base = frontier.variant_config("base", 1, tmp_path)

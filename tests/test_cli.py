@@ -124,6 +124,7 @@ def test_module_help() -> None:
         "energy",
         "sweep",
         "export",
+        "import",
         "report",
     ]
     for verb in listed:

@@ -37,6 +37,7 @@ PUBLIC = [
     "estimate_energy",
     "export_onnx",
     "load",
+    "load_pretrained",
     "materialize",
     "measure",
     "save",

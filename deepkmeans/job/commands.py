@@ -46,6 +46,56 @@ def _checkpoint(path: str | Path) -> LoadedModel:
     return loaded
 
 
+@dataclass(frozen=True)
+class Imported:
+    """A state dict turned into a checkpoint the other verbs take."""
+
+    path: Path
+    model: str
+    dataset: str
+    parameters: int
+    source: str
+
+
+def import_weights(source: str, output: str | Path, model: str | None = None, dataset: str | None = None) -> Imported:
+    """Write a training checkpoint (architecture named, no images held out) from ``source``: the name of
+    third-party weights in :data:`deepkmeans.weights.WEIGHTS`, or a ``.safetensors`` / ``torch.save`` state dict
+    of the zoo architecture ``model``. Then ``tune``, ``retrain``, ``compress`` and ``evaluate`` take it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_safetensors
+
+    from deepkmeans.files.checkpoints import save_checkpoint
+    from deepkmeans.weights import WEIGHTS, fit_model, pretrained_state, read_state_dict
+
+    check_writable(output)
+    if source in WEIGHTS:
+        info = WEIGHTS[source]
+        if model not in (None, info.model):
+            raise DeepKMeansError(f"weights {source} are a {info.model}, not a {model}; leave out --model")
+        model, dataset, where = info.model, dataset or info.dataset, info.source
+        state = pretrained_state(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DeepKMeansError(f"{source}: neither a file nor known weights ({', '.join(sorted(WEIGHTS))})")
+        if model is None:
+            raise DeepKMeansError(f"{source}: name its architecture with --model (one of the built-in models)")
+        raw = path.read_bytes()
+        if path.suffix == ".safetensors":
+            try:
+                state = load_safetensors(raw)
+            except (SafetensorError, ValueError) as exc:
+                raise DeepKMeansError(f"{source}: not a readable safetensors file ({exc})") from None
+        else:
+            state = read_state_dict(raw, source)
+        dataset, where = dataset or model_info(model).dataset, str(path)
+    fitted = fit_model(model, state, source)
+    meta = {**checkpoint_meta(model, dataset, 0), "source": where}
+    save_checkpoint(output, {"stage": "import", "model": fitted.state_dict(), "meta": meta})
+    count = sum(t.numel() for t in fitted.state_dict().values())
+    return Imported(Path(output), model, dataset, count, where)
+
+
 def retrain_checkpoint(checkpoint: str | Path, cfg: RunConfig, output: str | Path) -> list[EpochLog]:
     """Deep k-Means re-training of a checkpoint into ``output``, printing each layer's hardness per epoch."""
     check_writable(output)

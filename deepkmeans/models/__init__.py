@@ -55,6 +55,12 @@ def _resnet20(in_channels: int) -> Callable[[], nn.Module]:
     return factory
 
 
+def _digit_cnn() -> nn.Module:
+    from deepkmeans.models.digitcnn import DigitCNN
+
+    return DigitCNN()
+
+
 MODELS: dict[str, ModelInfo] = {
     "lenet5_caffe": ModelInfo(_lenet5, (1, 28, 28), "mnist"),
     "lenet300_100": ModelInfo(_lenet300, (1, 28, 28), "mnist"),
@@ -63,6 +69,7 @@ MODELS: dict[str, ModelInfo] = {
     "wrn16_2_mnist": ModelInfo(_wrn16_mnist(2), (1, 28, 28), "mnist"),
     "resnet20": ModelInfo(_resnet20(3), (3, 32, 32), "cifar10"),
     "resnet20_mnist": ModelInfo(_resnet20(1), (1, 28, 28), "mnist"),
+    "digit_cnn": ModelInfo(_digit_cnn, (1, 28, 28), "mnist"),
 }
 
 
