@@ -13,11 +13,15 @@ import torch
 from safetensors.torch import save_file
 
 from deepkmeans.cli import main
+from deepkmeans.config import RunConfig, load_config
 from deepkmeans.data.fashion_mnist import sha256
-from deepkmeans.errors import DeepKMeansError
+from deepkmeans.errors import DeepKMeansError, PlanWarning
 from deepkmeans.files.models import load_model_file
+from deepkmeans.job.commands import tune_checkpoint
 from deepkmeans.models import build_model
+from deepkmeans.tuning import Grid
 from deepkmeans.weights import WEIGHTS, load_pretrained, pretrained_state
+from tests.conftest import make_mnist_dir
 
 MEMBER = "pkg/weights/mnist.pth"
 
@@ -101,6 +105,18 @@ def test_import_makes_a_checkpoint_the_verbs_rebuild(fake, tmp_path: Path, capsy
     save_file(trained.state_dict(), own)
     assert main(["import", str(own), "--model", "digit_cnn", "-o", str(tmp_path / "b.ckpt")]) == 0
     assert load_model_file(tmp_path / "b.ckpt").meta["source"] == str(own)
+
+
+def test_tune_writes_a_config_that_rebuilds_the_imported_architecture(fake, tmp_path: Path) -> None:
+    data = make_mnist_dir(tmp_path / "mnist", n_train=150, n_test=16)
+    assert main(["import", "fake", "-o", str(tmp_path / "a.ckpt")]) == 0
+    out, grid = tmp_path / "tuned.yaml", Grid(ks=(4,), ps=(0.0,), d=1, widths=(32,), betas=(0.0,))
+    cfg = replace(RunConfig(), data_dir=str(data))  # the defaults name lenet5_caffe
+    with pytest.warns(PlanWarning, match="trained with validation = 0"):  # imported weights saw all of it
+        tune_checkpoint(tmp_path / "a.ckpt", cfg, out, target_cr=8.0, max_drop=None, validation=50, grid=grid)
+    tuned = load_config(out)  # `run tuned.yaml` must build the checkpoint's network
+    assert (tuned.model, tuned.dataset, tuned.validation) == ("digit_cnn", "mnist", 50)
+    assert tuned.compress.layers and set(tuned.compress.layers) <= set(dict(build_model("digit_cnn").named_modules()))
 
 
 @pytest.mark.parametrize(

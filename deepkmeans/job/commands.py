@@ -210,8 +210,10 @@ def tune_checkpoint(
             PlanWarning,
             stacklevel=2,
         )
-    cfg = replace(cfg, validation=validation)
-    splits = load_splits(loaded.dataset or cfg.dataset, cfg.data_dir, 256, cfg.seed, validation=validation)
+    # the written config rebuilds the checkpoint's architecture on its data, not the defaults' (run reads it)
+    model = loaded.name if isinstance(loaded.name, str) else cfg.model
+    cfg = replace(cfg, validation=validation, model=model, dataset=loaded.dataset or cfg.dataset)
+    splits = load_splits(cfg.dataset, cfg.data_dir, 256, cfg.seed, validation=validation)
     result = tune(
         loaded.model,
         splits.val,
