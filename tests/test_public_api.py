@@ -94,9 +94,19 @@ def test_save_with_a_name_makes_a_file_the_command_line_rebuilds(tmp_path: Path)
 def test_tune_takes_a_data_loader_as_measure_does() -> None:
     from torch.utils.data import DataLoader, TensorDataset
 
+    from deepkmeans.data import Batches
+
     gen = torch.Generator().manual_seed(0)
-    data = TensorDataset(torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen))
+    x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
     grid = deepkmeans.tuning.Grid(ks=(4, 8), ps=(0.0,), widths=(32,))
-    result = deepkmeans.tune(LeNet5Caffe(), DataLoader(data, batch_size=32), target_cr=8, grid=grid, progress=False)
+
+    def run(val):
+        torch.manual_seed(0)
+        return deepkmeans.tune(LeNet5Caffe(), val, target_cr=8, grid=grid, progress=False)
+
+    result = run(DataLoader(TensorDataset(x, y), batch_size=32))
     assert isinstance(result, deepkmeans.TuneResult)
     assert result.paper_cr >= 8 and set(result.config.layers) <= {"conv1", "conv2", "fc1", "fc2"}
+    # the same choice as on Batches of the same images, and from a one-shot iterable of batches too
+    assert run(Batches(x, y, 32, False)).config == result.config
+    assert run(iter([(x[:32], y[:32]), (x[32:], y[32:])])).config == result.config
