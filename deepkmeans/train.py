@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
@@ -140,15 +142,57 @@ def _differences(saved: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
     return [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in wanted.items() if saved.get(k) != v]
 
 
+def _hash_tensors(digest: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Feed every tensor's name, dtype, shape and bytes (as stored, any dtype) into ``digest``."""
+    for name, t in sorted(tensors.items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.view(torch.uint8).numpy())
+
+
+def origin_digest(
+    model: nn.Module, train: Any, inputs: dict[str, Any] | None = None, teacher: nn.Module | None = None
+) -> str:
+    """SHA-256 of what a training stage starts from: the model's weights and buffers before its first step, the
+    training examples and their shuffle seed, the teacher's weights and the settings in ``inputs`` (e.g. the
+    plan the penalty pulls towards). A checkpoint resumes only a run whose origin is this one."""
+    digest = hashlib.sha256()
+    _hash_tensors(digest, model.state_dict())
+    if isinstance(train, Batches):
+        _hash_tensors(digest, {"x": train.x, "y": train.y})
+        digest.update(f"seed {train.seed} shuffle {train.shuffle}".encode())
+    if teacher is not None:
+        _hash_tensors(digest, {f"teacher.{k}": v for k, v in teacher.state_dict().items()})
+    digest.update(json.dumps(inputs or {}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
 def _resume(
-    checkpoint: Path, stage: str, cfg: TrainConfig, model: nn.Module, optim: _Optimizer, dkm: Lifecycle | None
+    checkpoint: Path,
+    stage: str,
+    cfg: TrainConfig,
+    model: nn.Module,
+    optim: _Optimizer,
+    dkm: Lifecycle | None,
+    origin: str,
 ) -> tuple[int, list[EpochLog]]:
-    """Restore a stage from its checkpoint; returns (epochs done, their logs). Only ``epochs`` may change."""
+    """Restore a stage from its checkpoint; returns (epochs done, their logs). Only ``epochs`` may change, and
+    only a run that started from the same origin (:func:`origin_digest`) is continued."""
     state = load_checkpoint(checkpoint)
     wanted = asdict(cfg)
     if state.get("stage") != stage:
         raise DeepKMeansError(
             f"{checkpoint} holds a {state.get('stage')} run, not {stage}; delete it or choose another output path"
+        )
+    if "origin" not in state:
+        raise DeepKMeansError(
+            f"{checkpoint} does not record which input its {stage} run started from, so it cannot be resumed safely;"
+            " delete it or choose another output path"
+        )
+    if state["origin"] != origin:
+        raise DeepKMeansError(
+            f"{checkpoint} holds a {stage} run of another input (other starting weights, data or plan);"
+            " delete it or choose another output path"
         )
     saved = _with_defaults(asdict(type(cfg)()), state.get("config", {}))
     changed = _differences(saved, {k: v for k, v in wanted.items() if k != "epochs"})
@@ -242,9 +286,11 @@ def _save(
     history: list[EpochLog],
     meta: dict[str, Any] | None,
     dkm: Lifecycle | None,
+    origin: str,
 ) -> None:
     state = {
         "stage": stage,
+        "origin": origin,
         "config": asdict(cfg),
         "epoch": history[-1].epoch,
         "model": model.state_dict(),
@@ -286,9 +332,12 @@ def fit(
     meta: dict[str, Any] | None = None,
     teacher: nn.Module | None = None,
     distill: DistillConfig | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> list[EpochLog]:
     """Train ``cfg.epochs`` epochs (with ``dkm``'s penalty if given), checkpointing after each; resumes from
-    ``checkpoint`` if it holds the same stage. ``model`` may be a DDP wrapper; checkpoints hold the inner module.
+    ``checkpoint`` if it holds the same stage with the same settings, started from the same weights, data,
+    teacher, ``meta`` and ``inputs`` (settings the run depends on beyond ``cfg``); refuses any other.
+    ``model`` may be a DDP wrapper; checkpoints hold the inner module.
     ``teacher`` with ``distill.weight > 0``: also distil its outputs (see :mod:`deepkmeans.distill`); the teacher
     is not trained, and its mode and device are as they were afterwards.
     """
@@ -296,8 +345,11 @@ def fit(
     optim = _Optimizer.build(model, cfg, len(loop.train))
     history: list[EpochLog] = []
     start = 0
-    if checkpoint is not None and Path(checkpoint).is_file():
-        start, history = _resume(Path(checkpoint), stage, cfg, inner, optim, dkm)
+    origin = ""
+    if checkpoint is not None:
+        origin = origin_digest(inner, loop.train, {"stage": stage, "meta": meta, **(inputs or {})}, teacher)
+        if Path(checkpoint).is_file():
+            start, history = _resume(Path(checkpoint), stage, cfg, inner, optim, dkm, origin)
     model.to(loop.device).train()
     with _teaching(teacher, loop.device):
         for epoch in range(start, cfg.epochs):
@@ -329,5 +381,5 @@ def fit(
                     f" {'val' if split == 'validation' else 'test'} acc {100 * acc:.2f}% ({seconds:.1f}s)"
                 )
             if checkpoint is not None and loop.is_main:
-                _save(Path(checkpoint), stage, cfg, inner, optim, history, meta, dkm)
+                _save(Path(checkpoint), stage, cfg, inner, optim, history, meta, dkm, origin)
     return history

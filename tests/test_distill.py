@@ -105,21 +105,24 @@ def test_the_logged_task_loss_stays_the_cross_entropy() -> None:
 
 def test_a_checkpoint_saved_before_distill_existed_still_resumes(tmp_path: Path) -> None:
     x, y = torch.randn(32, 4), torch.randint(0, 3, (32,))
+
+    def _start() -> nn.Module:  # the same starting weights each time: a checkpoint resumes only its own input
+        torch.manual_seed(1)
+        return nn.Linear(4, 3)
+
     ckpt = tmp_path / "ft.ckpt"
-    fit(nn.Linear(4, 3), _loop(x, y, 16), FinetuneConfig(epochs=1, batch_size=16), stage="finetune", checkpoint=ckpt)
+    fit(_start(), _loop(x, y, 16), FinetuneConfig(epochs=1, batch_size=16), stage="finetune", checkpoint=ckpt)
     state = load_checkpoint(ckpt)
     del state["config"]["distill"]
     save_checkpoint(ckpt, state)
-    history = fit(
-        nn.Linear(4, 3), _loop(x, y, 16), FinetuneConfig(epochs=2, batch_size=16), stage="finetune", checkpoint=ckpt
-    )
+    history = fit(_start(), _loop(x, y, 16), FinetuneConfig(epochs=2, batch_size=16), stage="finetune", checkpoint=ckpt)
     assert [h.epoch for h in history] == [1, 2]
     state["config"]["distill"] = {"weight": 0.0}  # a nested setting added since: its default
     save_checkpoint(ckpt, state)
-    fit(nn.Linear(4, 3), _loop(x, y, 16), FinetuneConfig(epochs=1, batch_size=16), stage="finetune", checkpoint=ckpt)
+    fit(_start(), _loop(x, y, 16), FinetuneConfig(epochs=1, batch_size=16), stage="finetune", checkpoint=ckpt)
     wanted = FinetuneConfig(epochs=2, batch_size=16, distill=DistillConfig(weight=0.5))
     with pytest.raises(DeepKMeansError, match="other settings.*distill"):
-        fit(nn.Linear(4, 3), _loop(x, y, 16), wanted, stage="finetune", checkpoint=ckpt)
+        fit(_start(), _loop(x, y, 16), wanted, stage="finetune", checkpoint=ckpt)
 
 
 def test_retrain_distils_a_frozen_copy_of_the_model_before_retraining(monkeypatch: pytest.MonkeyPatch) -> None:

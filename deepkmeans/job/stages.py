@@ -14,7 +14,7 @@ from torch import nn
 
 from deepkmeans import distributed
 from deepkmeans.calibrate import reestimate_batchnorm_
-from deepkmeans.config import RunConfig
+from deepkmeans.config import RunConfig, to_dict
 from deepkmeans.data import Batches, load_splits
 from deepkmeans.errors import DeepKMeansError, PlanWarning
 from deepkmeans.importance import squared_gradients
@@ -120,6 +120,7 @@ def retrain(
         meta=meta,
         teacher=teacher,
         distill=rcfg.distill,
+        inputs={"compress": to_dict(cfg.compress)},
     )
     return log, dkm
 
