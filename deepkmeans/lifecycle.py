@@ -205,6 +205,7 @@ class DeepKMeans:
         for name in bar:
             bar.set_postfix_str(name)
             clusterings[name] = self.clustering(name, importance.get(name))
+        self._warn_collapsed(clusterings)
         model = self.model if inplace else copy_module(self.model)
         modules = dict(model.named_modules())
         for name, pl in self.plan.shared.items():
@@ -216,6 +217,19 @@ class DeepKMeans:
             if self._penalty is not None:
                 self._penalty.close()
         return model
+
+    def _warn_collapsed(self, clusterings: dict[str, RowClustering]) -> None:
+        """Say which layers a rate-aware beta left with fewer than half their K centers holding any row: the
+        index bits it saves there are paid for in accuracy, and a layer of one or two centers rarely keeps it."""
+        for name, c in clusterings.items():
+            spec = self.plan.shared[name].spec
+            used = int(torch.bincount(c.assignments.long().flatten(), minlength=spec.K).count_nonzero())
+            if spec.beta > 0 and 2 * used < spec.K:
+                warnings.warn(
+                    f"{name}: beta {spec.beta:g} uses {used} of {spec.K} centers (a smaller beta keeps more)",
+                    PlanWarning,
+                    stacklevel=3,
+                )
 
     def state_dict(self) -> dict[str, Any]:
         """What resuming re-training needs: the penalty's step count and F per layer."""

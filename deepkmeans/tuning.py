@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from deepkmeans.accounting import account
 from deepkmeans.cluster.rows import default_row_length
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.data import Batches
-from deepkmeans.errors import ConfigError, DeepKMeansError
+from deepkmeans.errors import ConfigError, DeepKMeansError, PlanWarning
 from deepkmeans.lifecycle import compress
 from deepkmeans.measure import model_device
 from deepkmeans.plan import build_plan
@@ -129,7 +130,9 @@ def sensitivities(
     loss, acc = evaluate(model, val, device)
     out = {name: [Candidate(name, None, _layer_bits(model, name), loss, acc)] for name in layers}
     for name, spec in tqdm(jobs, desc="tune: sensitivity", unit="candidate", disable=not show):
-        shared = compress(model, CompressConfig(layers={name: spec}, seed=seed))
+        with warnings.catch_warnings():  # a candidate is a trial: one a beta collapses is measured, not reported
+            warnings.simplefilter("ignore", PlanWarning)
+            shared = compress(model, CompressConfig(layers={name: spec}, seed=seed))
         row = next(la for la in account(shared).layers if la.name == name)
         loss, acc = evaluate(shared, val, device)
         out[name].append(Candidate(name, spec, row.bits_after, loss, acc))

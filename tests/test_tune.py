@@ -1,5 +1,6 @@
 """deepkmeans tune: per-layer K / p / d for a target on validation data; center fine-tuning keeps the file size."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -9,11 +10,13 @@ from torch import nn
 import deepkmeans.tuning as tune_module
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
-from deepkmeans.config import load_config
+from deepkmeans.config import CompressConfig, LayerSpec, load_config
 from deepkmeans.data import Batches, load_splits
+from deepkmeans.errors import PlanWarning
 from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.files.models import load_model_file
 from deepkmeans.job.results import RunFiles, RunMetrics
+from deepkmeans.lifecycle import compress
 from deepkmeans.train import evaluate
 from deepkmeans.tuning import Candidate, Grid, allocate, linear_row_lengths, tune
 from tests.conftest import make_mnist_dir
@@ -150,3 +153,16 @@ def test_budget_holds_the_bits_of_layers_that_are_not_candidates() -> None:
     candidates = tune_module.sensitivities(model, val, torch.device("cpu"), layers=["2"], progress=False, grid=grid)
     result = tune(model, val, torch.device("cpu"), target_cr=2.4, progress=False, candidates=candidates)
     assert set(result.chosen) == {"2"} and result.paper_cr >= 2.4
+
+
+def test_candidates_a_beta_collapses_are_measured_without_a_warning_each() -> None:
+    """The collapse warning is for a config the user compresses; tune's trials of a large beta would print one
+    line per candidate."""
+    model, val = _tiny()
+    grid = Grid(ks=(8,), ps=(0.0,), widths=(32,), betas=(5.0,))
+    with pytest.warns(PlanWarning, match="beta 5 uses"):  # the same layer compressed on its own says so
+        compress(model, CompressConfig(layers={"3": LayerSpec(K=8, d=1, beta=5.0)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlanWarning)
+        cands = tune_module.sensitivities(model, val, torch.device("cpu"), layers=["3"], progress=False, grid=grid)
+    assert len(cands["3"]) == 6  # dense + the five row lengths
