@@ -82,9 +82,10 @@ def linear_row_lengths(width: int) -> list[int]:
 @dataclass(frozen=True)
 class Grid:
     """The candidates tried per layer: centers ``ks``, sparsities ``ps`` and row lengths ``d``: None for the
-    kernel width of convolutions (the paper's rows) and small divisors of the input width of linear layers
-    (:func:`linear_row_lengths`), or one length for every layer (e.g. 1: scalar sharing); the storage
-    ``widths`` of centers and bias, and the rate-aware assignment weights ``betas``."""
+    default of convolutions (the kernel width, the paper's rows; 1 for depthwise ones) and small divisors of
+    the input width of linear layers (:func:`linear_row_lengths`), or one length for every layer (e.g. 1:
+    scalar sharing); the storage ``widths`` of centers and bias, and the rate-aware assignment weights
+    ``betas``."""
 
     ks: tuple[int, ...] = KS
     ps: tuple[float, ...] = PS
@@ -92,15 +93,15 @@ class Grid:
     widths: tuple[int, ...] = WIDTHS
     betas: tuple[float, ...] = BETAS
 
-    def row_lengths(self, shape: tuple[int, ...]) -> list[int]:
+    def row_lengths(self, shape: tuple[int, ...], groups: int = 1) -> list[int]:
         if self.d is not None:
             return [self.d] if shape[-1] % self.d == 0 else []
         if len(shape) >= 3:
-            return [default_row_length(shape)]
+            return [default_row_length(shape, groups)]
         return linear_row_lengths(shape[-1])
 
-    def specs(self, shape: tuple[int, ...]) -> Iterable[LayerSpec]:
-        for d in self.row_lengths(shape):
+    def specs(self, shape: tuple[int, ...], groups: int = 1) -> Iterable[LayerSpec]:
+        for d in self.row_lengths(shape, groups):
             for k in self.ks:
                 if k < math.prod(shape) // d:
                     for p in self.ps:
@@ -123,7 +124,7 @@ def sensitivities(
     layer left dense."""
     plan = build_plan(model, CompressConfig())
     layers = layers or [pl.name for pl in plan.layers if pl.module_type != "Embedding"]
-    jobs = [(pl.name, spec) for pl in plan.layers if pl.name in layers for spec in grid.specs(pl.shape)]
+    jobs = [(pl.name, spec) for pl in plan.layers if pl.name in layers for spec in grid.specs(pl.shape, pl.groups)]
     device = device or model_device(model)
     val = _first_examples(val, SENSITIVITY_IMAGES)
     show = sys.stderr.isatty() if progress is None else progress
