@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 import deepkmeans.tuning as tune_module
+from deepkmeans.accounting import account
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.config import CompressConfig, LayerSpec, load_config
 from deepkmeans.data import Batches, load_splits
-from deepkmeans.errors import PlanWarning
+from deepkmeans.errors import ConfigError, PlanWarning
 from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.files.models import load_model_file
 from deepkmeans.job.results import RunFiles, RunMetrics
@@ -166,3 +167,25 @@ def test_candidates_a_beta_collapses_are_measured_without_a_warning_each() -> No
         warnings.simplefilter("error", PlanWarning)
         cands = tune_module.sensitivities(model, val, torch.device("cpu"), layers=["3"], progress=False, grid=grid)
     assert len(cands["3"]) == 6  # dense + the five row lengths
+
+
+def test_the_reachable_ratio_bounds_every_choice_of_the_candidates() -> None:
+    """Computed from shapes alone, it is never below what the candidates' measured bits reach."""
+    model, val = _tiny()
+    for grid in (Grid(ks=(4, 8), ps=(0.0, 0.9), widths=(32, 8)), Grid(ks=(4,), ps=(0.5,), betas=(0.0, 0.1))):
+        cands = tune_module.sensitivities(model, val, torch.device("cpu"), progress=False, grid=grid)
+        before = account(model).bits_before
+        measured = before / sum(min(c.bits for c in layer) for layer in cands.values())
+        assert measured <= tune_module.reachable_cr(model, grid) < 2 * measured  # at most H = 0 from p = 0
+
+
+def test_a_target_beyond_reach_is_refused_before_any_candidate_is_measured(monkeypatch) -> None:
+    model, val = _tiny()
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a candidate was measured")
+
+    monkeypatch.setattr(tune_module, "sensitivities", measured)
+    top = tune_module.reachable_cr(model)
+    with pytest.raises(ConfigError, match=rf"candidates reach at most {top:.1f}x on this model"):
+        tune(model, val, torch.device("cpu"), target_cr=1.01 * top, progress=False)
