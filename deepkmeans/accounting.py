@@ -174,7 +174,7 @@ def _dense_row(name: str, module: nn.Module, params: list[torch.Tensor], bits: i
     weight = module._parameters.get("weight")
     n_rows = d = None
     if weight is not None and weight.ndim >= 2:
-        d = default_row_length(tuple(weight.shape))
+        d = default_row_length(tuple(weight.shape), int(getattr(module, "groups", 1)))
         n_rows = num_rows(tuple(weight.shape), d)
     return LayerAccount(name, type(module).__name__, False, n_rows, d, None, None, None, None, bits, float(bits))
 

@@ -7,6 +7,7 @@ in a YAML file) with a :class:`ConfigError` naming the field path, never later i
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -31,8 +32,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def _is_real(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A real, finite number: no field of a config has a meaning for infinity or NaN."""
+    return _is_real(value) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -56,7 +62,7 @@ class LayerSpec:
         _require(_is_number(self.p) and 0.0 <= self.p < 1.0, "p", "must be a number in [0, 1)", self.p)
         _require(self.d is None or (_is_int(self.d) and self.d >= 1), "d", "must be an integer >= 1", self.d)
         _require(self.bits in (32, 16, 8) and _is_int(self.bits), "bits", "must be 32, 16 or 8", self.bits)
-        _require(_is_number(self.beta) and self.beta >= 0, "beta", "must be a number >= 0", self.beta)
+        _require(_is_number(self.beta) and self.beta >= 0, "beta", "must be a finite number >= 0", self.beta)
         object.__setattr__(self, "p", float(self.p))
         object.__setattr__(self, "beta", float(self.beta))
 
@@ -89,7 +95,7 @@ def _check_lam(lam: Any, required: bool) -> None:
     if lam is None:
         _require(not required, "lam", f"is required: {LAM_HELP}", lam)
         return
-    _require(_is_number(lam) and lam >= 0, "lam", "must be a number >= 0", lam)
+    _require(_is_number(lam) and lam >= 0, "lam", "must be a finite number >= 0", lam)
 
 
 @dataclass(frozen=True)
@@ -144,10 +150,13 @@ class TrainConfig:
         _require(
             _is_int(self.batch_size) and self.batch_size >= 1, "batch_size", "must be an integer >= 1", self.batch_size
         )
-        _require(_is_number(self.lr) and self.lr > 0, "lr", "must be a number > 0", self.lr)
+        _require(_is_number(self.lr) and self.lr > 0, "lr", "must be a finite number > 0", self.lr)
         _require(_is_number(self.momentum) and 0 <= self.momentum < 1, "momentum", "must be in [0, 1)", self.momentum)
         _require(
-            _is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", "must be >= 0", self.weight_decay
+            _is_number(self.weight_decay) and self.weight_decay >= 0,
+            "weight_decay",
+            "must be a finite number >= 0",
+            self.weight_decay,
         )
 
 
@@ -162,7 +171,7 @@ class DistillConfig:
     def __post_init__(self) -> None:
         w, t = self.weight, self.temperature
         _require(_is_number(w) and 0 <= w <= 1, "weight", "must be a number in [0, 1]", w)
-        _require(_is_number(t) and t > 0, "temperature", "must be a number > 0", t)
+        _require(_is_number(t) and t > 0, "temperature", "must be a finite number > 0", t)
         object.__setattr__(self, "weight", float(w))
         object.__setattr__(self, "temperature", float(t))
 
@@ -284,8 +293,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
         return {str(k): _convert(val_tp, v, _join(where, k)) for k, v in value.items()}
-    if tp is float:
-        if not _is_number(value):
+    if tp is float:  # the type only: each config's range check names the valid range (finite included)
+        if not _is_real(value):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is int:

@@ -23,10 +23,11 @@ from torch import nn
 from tqdm import tqdm
 
 from deepkmeans.accounting import LayerAccount, other_bits, shared_account
+from deepkmeans.cluster import narrow
 from deepkmeans.cluster.quantize import RowClustering, cluster_rows, hardness
 from deepkmeans.cluster.rows import from_rows, to_rows
 from deepkmeans.config import CompressConfig, RegularizerConfig
-from deepkmeans.errors import DeepKMeansError, PlanWarning
+from deepkmeans.errors import ConfigError, DeepKMeansError, PlanWarning
 from deepkmeans.plan import LayerPlan, build_plan
 from deepkmeans.regularize.regularizer import PenaltyState
 from deepkmeans.shared import copy_module, share_
@@ -61,6 +62,7 @@ class DeepKMeans:
         for note in self.plan.notes:
             warnings.warn(note, PlanWarning, stacklevel=2)
         self._modules = dict(model.named_modules())
+        self._check_widths()
         shared = self.plan.shared
         self._clusterings: dict[str, tuple[tuple, RowClustering]] = {}
         self._finalized = False
@@ -78,6 +80,22 @@ class DeepKMeans:
                 self.regularizer,
                 initial=initial,
             )
+
+    def _check_widths(self) -> None:
+        """Refuse a layer whose weight or bias its 16-bit storage cannot hold (a center is a mean of rows, so
+        none exceeds the weight's largest magnitude): float16 would store it as infinite."""
+        for name, pl in self.plan.shared.items():
+            module = self._modules[name]
+            bias = getattr(module, "bias", None)
+            for what, values in (("weight", module.weight), ("bias", bias)):
+                top = narrow.overflows(values, pl.spec.bits) if isinstance(values, torch.Tensor) else None
+                if top is not None:
+                    half = narrow.half_type(values.dtype)
+                    raise ConfigError(
+                        f"compress.layers: {name} at bits 16 is stored as {str(half).removeprefix('torch.')}, whose"
+                        f" largest value is {torch.finfo(half).max:g}, but its {what} reaches |{top:g}|;"
+                        " use bits 32 or 8 for it"
+                    )
 
     def _check_open(self) -> None:
         if self._finalized:
@@ -179,6 +197,7 @@ class DeepKMeans:
         tensor of the weight's shape weighting each weight's error in the clustering (data-aware k-means, e.g.
         :func:`deepkmeans.importance.squared_gradients`); layers it does not name are clustered plainly."""
         self._check_open()
+        self._check_widths()  # the weights may have grown since the plan (re-training)
         importance = importance or {}
         show = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(self.plan.shared, desc="k-means", unit="layer", leave=False, disable=not show)
@@ -186,6 +205,7 @@ class DeepKMeans:
         for name in bar:
             bar.set_postfix_str(name)
             clusterings[name] = self.clustering(name, importance.get(name))
+        self._warn_collapsed(clusterings)
         model = self.model if inplace else copy_module(self.model)
         modules = dict(model.named_modules())
         for name, pl in self.plan.shared.items():
@@ -197,6 +217,19 @@ class DeepKMeans:
             if self._penalty is not None:
                 self._penalty.close()
         return model
+
+    def _warn_collapsed(self, clusterings: dict[str, RowClustering]) -> None:
+        """Say which layers a rate-aware beta left with fewer than half their K centers holding any row: the
+        index bits it saves there are paid for in accuracy, and a layer of one or two centers rarely keeps it."""
+        for name, c in clusterings.items():
+            spec = self.plan.shared[name].spec
+            used = int(torch.bincount(c.assignments.long().flatten(), minlength=spec.K).count_nonzero())
+            if spec.beta > 0 and 2 * used < spec.K:
+                warnings.warn(
+                    f"{name}: beta {spec.beta:g} uses {used} of {spec.K} centers (a smaller beta keeps more)",
+                    PlanWarning,
+                    stacklevel=3,
+                )
 
     def state_dict(self) -> dict[str, Any]:
         """What resuming re-training needs: the penalty's step count and F per layer."""

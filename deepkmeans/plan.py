@@ -64,6 +64,7 @@ class PlannedLayer:
     seed: int
     why_dense: str = ""  # empty when shared, or when the config never asked for this layer
     tied: tuple[str, ...] = ()  # other modules holding the same Parameter
+    groups: int = 1  # a convolution's groups (the default row length of a depthwise one is 1)
 
     @property
     def shared(self) -> bool:
@@ -71,7 +72,7 @@ class PlannedLayer:
 
     @property
     def n_rows(self) -> int:
-        return num_rows(self.shape, self.spec.d if self.spec else default_row_length(self.shape))
+        return num_rows(self.shape, self.spec.d if self.spec else default_row_length(self.shape, self.groups))
 
 
 @dataclass(frozen=True)
@@ -198,14 +199,15 @@ def _plan_weights(
         configured = [(n, m, first_match[n]) for n, m in holders if first_match.get(n) is not None]
         configured = [(n, m, pat) for n, m, pat in configured if config.layers[pat] is not None]
         seed = layer_seed(config.seed, owner)
+        groups = int(getattr(module, "groups", 1))
         if not configured:
-            layers.append(PlannedLayer(owner, type(module).__name__, shape, None, seed, tied=tied))
+            layers.append(PlannedLayer(owner, type(module).__name__, shape, None, seed, tied=tied, groups=groups))
             continue
         name, holder, pattern = configured[0]
         spec, why = _resolve(holder, shape, config.layers[pattern], f"compress.layers.{pattern} ({name})")
         if why:
             notes.append(f"{owner}: {why}")
-        layers.append(PlannedLayer(owner, type(module).__name__, shape, spec, seed, why, tied))
+        layers.append(PlannedLayer(owner, type(module).__name__, shape, spec, seed, why, tied, groups))
     return layers
 
 
@@ -214,7 +216,7 @@ def _resolve(module: nn.Module, shape: tuple[int, ...], spec: LayerSpec, where: 
     problem = _weight_problem(module)
     if problem:
         return None, f"left dense: {problem}"
-    d = spec.d if spec.d is not None else default_row_length(shape)
+    d = spec.d if spec.d is not None else default_row_length(shape, int(getattr(module, "groups", 1)))
     try:
         check_row_length(shape, d)
     except ValueError as exc:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -24,14 +25,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from deepkmeans.accounting import account
-from deepkmeans.cluster.rows import default_row_length
+from deepkmeans.accounting import account, other_bits, value_bits
+from deepkmeans.cluster.narrow import stored_bits
+from deepkmeans.cluster.quantize import sparse_count
+from deepkmeans.cluster.rows import default_row_length, num_rows
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.data import Batches
-from deepkmeans.errors import ConfigError, DeepKMeansError
+from deepkmeans.errors import ConfigError, DeepKMeansError, PlanWarning
 from deepkmeans.lifecycle import compress
 from deepkmeans.measure import model_device
-from deepkmeans.plan import build_plan
+from deepkmeans.plan import PlannedLayer, build_plan
 from deepkmeans.train import evaluate
 
 KS = (4, 8, 16, 32, 64, 128)
@@ -81,9 +84,10 @@ def linear_row_lengths(width: int) -> list[int]:
 @dataclass(frozen=True)
 class Grid:
     """The candidates tried per layer: centers ``ks``, sparsities ``ps`` and row lengths ``d``: None for the
-    kernel width of convolutions (the paper's rows) and small divisors of the input width of linear layers
-    (:func:`linear_row_lengths`), or one length for every layer (e.g. 1: scalar sharing); the storage
-    ``widths`` of centers and bias, and the rate-aware assignment weights ``betas``."""
+    default of convolutions (the kernel width, the paper's rows; 1 for depthwise ones) and small divisors of
+    the input width of linear layers (:func:`linear_row_lengths`), or one length for every layer (e.g. 1:
+    scalar sharing); the storage ``widths`` of centers and bias, and the rate-aware assignment weights
+    ``betas``."""
 
     ks: tuple[int, ...] = KS
     ps: tuple[float, ...] = PS
@@ -91,21 +95,65 @@ class Grid:
     widths: tuple[int, ...] = WIDTHS
     betas: tuple[float, ...] = BETAS
 
-    def row_lengths(self, shape: tuple[int, ...]) -> list[int]:
+    def row_lengths(self, shape: tuple[int, ...], groups: int = 1) -> list[int]:
         if self.d is not None:
             return [self.d] if shape[-1] % self.d == 0 else []
         if len(shape) >= 3:
-            return [default_row_length(shape)]
+            return [default_row_length(shape, groups)]
         return linear_row_lengths(shape[-1])
 
-    def specs(self, shape: tuple[int, ...]) -> Iterable[LayerSpec]:
-        for d in self.row_lengths(shape):
+    def specs(self, shape: tuple[int, ...], groups: int = 1) -> Iterable[LayerSpec]:
+        for d in self.row_lengths(shape, groups):
             for k in self.ks:
                 if k < math.prod(shape) // d:
                     for p in self.ps:
                         for bits in self.widths:
                             for beta in self.betas:
                                 yield LayerSpec(K=k, p=p, d=d, bits=bits, beta=beta)
+
+
+def _fewest_bits(module: nn.Module, shape: tuple[int, ...], spec: LayerSpec) -> float:
+    """The fewest paper bits ``spec`` can cost a layer, known before any clustering: its centers and its other
+    parameters exactly, its indexes at the least entropy the sparsity p allows (the dominant cluster's share
+    and every other row on one center; none under rate-aware assignment, which may move any row to it)."""
+    weight = module.weight
+    n = num_rows(shape, spec.d)
+    q = sparse_count(n, spec.p) / n if spec.K > 1 and spec.beta == 0 else 0.0
+    h = 0.0 if q in (0.0, 1.0) else -(q * math.log2(q) + (1 - q) * math.log2(1 - q))
+    _, stored = other_bits(module, [p for p in module.parameters(recurse=False) if p is not weight], spec.bits)
+    return stored_bits(spec.K * spec.d, spec.bits, value_bits(weight)) + n * h + stored
+
+
+def reachable_cr(model: nn.Module, grid: Grid = Grid(), layers: list[str] | None = None) -> float:
+    """The largest paper CR any choice of ``grid``'s candidates (or dense) for ``layers`` (default: as
+    :func:`sensitivities`) can reach on ``model``: each layer at its fewest bits (:func:`_fewest_bits`), an
+    upper bound computed from shapes alone, before any k-means or evaluation."""
+    plan = build_plan(model, CompressConfig())
+    layers = layers or _candidate_layers(plan.layers)
+    total = account(model)
+    dense = {la.name: la.bits_before for la in total.layers}
+    modules = dict(model.named_modules())
+    least = 0.0
+    for pl in plan.layers:
+        if pl.name in layers:
+            fewest = (_fewest_bits(modules[pl.name], pl.shape, s) for s in grid.specs(pl.shape, pl.groups))
+            least += min([dense[pl.name], *fewest])
+    fixed = total.bits_before - sum(dense[name] for name in layers)
+    return total.bits_before / (fixed + least)
+
+
+def check_reachable(model: nn.Module, target_cr: float, grid: Grid = Grid()) -> None:
+    """Refuse at once a target beyond :func:`reachable_cr`: no allocation of the candidates could meet it."""
+    top = reachable_cr(model, grid)
+    if target_cr > top:
+        raise ConfigError(
+            f"target compression ratio {target_cr:g}x: the candidates reach at most {top:.1f}x on this model"
+            " (every layer at its fewest bits); lower the target or add smaller candidates (--widths 8)"
+        )
+
+
+def _candidate_layers(layers: Iterable[PlannedLayer]) -> list[str]:
+    return [pl.name for pl in layers if pl.module_type != "Embedding"]
 
 
 def sensitivities(
@@ -121,15 +169,17 @@ def sensitivities(
     compressed alone (the others dense) and measured on the first ``SENSITIVITY_IMAGES`` of ``val``, plus the
     layer left dense."""
     plan = build_plan(model, CompressConfig())
-    layers = layers or [pl.name for pl in plan.layers if pl.module_type != "Embedding"]
-    jobs = [(pl.name, spec) for pl in plan.layers if pl.name in layers for spec in grid.specs(pl.shape)]
+    layers = layers or _candidate_layers(plan.layers)
+    jobs = [(pl.name, spec) for pl in plan.layers if pl.name in layers for spec in grid.specs(pl.shape, pl.groups)]
     device = device or model_device(model)
     val = _first_examples(val, SENSITIVITY_IMAGES)
     show = sys.stderr.isatty() if progress is None else progress
     loss, acc = evaluate(model, val, device)
     out = {name: [Candidate(name, None, _layer_bits(model, name), loss, acc)] for name in layers}
     for name, spec in tqdm(jobs, desc="tune: sensitivity", unit="candidate", disable=not show):
-        shared = compress(model, CompressConfig(layers={name: spec}, seed=seed))
+        with warnings.catch_warnings():  # a candidate is a trial: one a beta collapses is measured, not reported
+            warnings.simplefilter("ignore", PlanWarning)
+            shared = compress(model, CompressConfig(layers={name: spec}, seed=seed))
         row = next(la for la in account(shared).layers if la.name == name)
         loss, acc = evaluate(shared, val, device)
         out[name].append(Candidate(name, spec, row.bits_after, loss, acc))
@@ -280,6 +330,8 @@ def tune(
         raise ConfigError(f"the target compression ratio must be > 1, got {target_cr}")
     if max_drop is not None and max_drop < 0:
         raise ConfigError(f"the maximum accuracy drop must be >= 0 points, got {max_drop}")
+    if target_cr is not None and candidates is None:
+        check_reachable(model, target_cr, grid)
     started = time.perf_counter()
     device = device or model_device(model)
     candidates = candidates or sensitivities(model, val, device, seed=seed, progress=progress, grid=grid)

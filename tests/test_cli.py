@@ -140,3 +140,96 @@ def test_energy_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert result["totals"]["dense"] > 0 and (tmp_path / "e.png").stat().st_size > 1000
     assert main(["energy"]) == 2
     assert "exactly one of FILE or --model" in capsys.readouterr().err
+
+
+def _lenet_checkpoint(tmp_path: Path) -> Path:
+    """An untrained LeNet-5 as a training checkpoint: the verbs below need its shapes, not its accuracy."""
+    from deepkmeans.files.checkpoints import save_checkpoint
+    from deepkmeans.job.stages import checkpoint_meta
+    from deepkmeans.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "dense.ckpt"
+    meta = checkpoint_meta("lenet5_caffe", "mnist", 0)
+    save_checkpoint(path, {"stage": "import", "model": build_model("lenet5_caffe").state_dict(), "meta": meta})
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], code: int, match: str) -> str:
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("deepkmeans: error:") and len(err.strip().splitlines()) == 1, err
+    assert match in err, err
+    return err
+
+
+def test_compress_applies_importance_and_bn_reestimate_loading_data_only_for_them(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _lenet_checkpoint(tmp_path)
+    files = {}
+    for name, extra in (("plain", ""), ("importance", "importance: 2\n"), ("bn", "bn_reestimate: 2\n")):
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(f"data_dir: {{dir}}\ndevice: cpu\n{extra}compress: {{layers: {{conv1: {{K: 4}}}}}}\n")
+        files[name] = tmp_path / f"{name}.dkm"
+    for name in files:  # the data folder does not exist: only the options that need training batches load it
+        text = (tmp_path / f"{name}.yaml").read_text()
+        (tmp_path / f"{name}.yaml").write_text(text.replace("{dir}", str(tmp_path / "nodata")))
+    assert main(["compress", str(ckpt), "--config", str(tmp_path / "plain.yaml"), "-o", str(files["plain"])]) == 0
+    capsys.readouterr()
+    code = main(["compress", str(ckpt), "--config", str(tmp_path / "importance.yaml"), "-o", str(files["importance"])])
+    _one_line_error(capsys, code, "does not exist")
+    for name in ("importance", "bn"):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(path.read_text().replace(str(tmp_path / "nodata"), str(mnist_dir)))
+        assert main(["compress", str(ckpt), "--config", str(path), "-o", str(files[name])]) == 0
+    err = capsys.readouterr().err
+    # importance re-weights conv1's k-means: another file; LeNet-5 has no BatchNorm, and bn_reestimate says so
+    assert files["importance"].read_bytes() != files["plain"].read_bytes()
+    assert "bn_reestimate = 2, but the model has no BatchNorm layer" in err
+
+
+@pytest.mark.parametrize("verb", ["run", "compress", "sweep"])
+def test_a_config_that_names_no_layer_is_refused_by_the_verbs_that_compress(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str], verb: str
+) -> None:
+    cfg = tmp_path / "seed.yaml"
+    cfg.write_text(f"seed: 1\ndata_dir: {mnist_dir}\nout_dir: {tmp_path / 'run'}\ndevice: cpu\n")
+    argv = {"run": ["run", str(cfg)], "compress": ["compress", "CKPT", "--config", str(cfg)]}
+    argv["sweep"] = ["sweep", "CKPT", "--config", str(cfg), "--out-dir", str(tmp_path / "sweep")]
+    ckpt = str(_lenet_checkpoint(tmp_path))
+    code = main(
+        [ckpt if a == "CKPT" else a for a in argv[verb]] + ["-o", str(tmp_path / "m.dkm")] * (verb == "compress")
+    )
+    _one_line_error(capsys, code, f"compress.layers names no layer, so `deepkmeans {verb}` would compress nothing")
+    assert not (tmp_path / "run" / "pretrain.ckpt").exists() and not (tmp_path / "m.dkm").exists()
+
+
+@pytest.mark.parametrize(
+    "layers,match",
+    [("{conv9: {K: 4}}", "'conv9' matches no layer of the model"), ("{fc1: {K: 4, d: 7}}", "d=7 does not divide")],
+)
+def test_run_reports_a_bad_plan_before_pre_training(
+    tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str], layers: str, match: str
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {mnist_dir}\nout_dir: {tmp_path / 'run'}\ndevice: cpu\ncompress: {{layers: {layers}}}\n")
+    _one_line_error(capsys, main(["run", str(cfg), "--no-progress"]), match)
+    assert not (tmp_path / "run" / "pretrain.ckpt").exists()  # nothing was trained
+
+
+def test_tune_refuses_an_unreachable_target_at_once_and_names_the_reachable_ratio(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from deepkmeans.models import build_model
+    from deepkmeans.tuning import Grid, reachable_cr
+
+    ckpt = _lenet_checkpoint(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'nodata'}\nimportance: 4\n")  # no data: tune must stop before it
+    code = main(["tune", str(ckpt), "--config", str(cfg), "--target-cr", "100000", "-o", str(tmp_path / "t.yaml")])
+    top = reachable_cr(build_model("lenet5_caffe"), Grid())
+    err = capsys.readouterr().err
+    assert "deepkmeans: warning: importance = 4: `deepkmeans tune` compresses without them" in err
+    error = [line for line in err.splitlines() if line.startswith("deepkmeans: error:")]
+    assert code == 2 and len(error) == 1 and f"candidates reach at most {top:.1f}x on this model" in error[0]
+    assert 1 < top < 100000

@@ -46,6 +46,32 @@ def test_bad_configs(tmp_path: Path, text: str, match: str) -> None:
         load_config(path)
 
 
+@pytest.mark.parametrize(
+    "text,where",
+    [
+        (
+            "compress: {layers: {conv1: {K: 4, beta: .inf}}}",
+            r"compress\.layers\.conv1\.beta must be a finite number >= 0",
+        ),
+        (
+            "compress: {layers: {conv1: {K: 4, beta: .nan}}}",
+            r"compress\.layers\.conv1\.beta must be a finite number >= 0",
+        ),
+        ("retrain: {distill: {temperature: .inf}}", r"retrain\.distill\.temperature must be a finite number > 0"),
+        ("finetune: {distill: {temperature: .nan}}", r"finetune\.distill\.temperature must be a finite number > 0"),
+        ("retrain: {lam: .inf}", r"retrain\.lam must be a finite number >= 0"),
+        ("train: {lr: .inf}", r"train\.lr must be a finite number > 0"),
+        ("train: {weight_decay: .inf}", r"train\.weight_decay must be a finite number >= 0"),
+    ],
+)
+def test_infinite_and_nan_numbers_are_refused_with_file_key_and_range(tmp_path: Path, text: str, where: str) -> None:
+    """No number of a config means anything at infinity or NaN (a beta of .inf would put every row on one center)."""
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"c\.yaml: {where}, got (inf|nan)"):
+        load_config(path)
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_config("/nonexistent/c.yaml")
@@ -67,7 +93,7 @@ def test_roundtrip_through_yaml() -> None:
         (lambda: LayerSpec(K=4, d=0), "d must be an integer >= 1"),
         (lambda: CompressConfig(layers={"conv1": LayerSpec(K=0, p=2.0)}), "K must be"),
         (lambda: CompressConfig(layers={"conv1": {"K": 4}}), "layers.conv1 must be a LayerSpec or None"),
-        (lambda: RegularizerConfig(lam=-1.0), "lam must be a number >= 0"),
+        (lambda: RegularizerConfig(lam=-1.0), "lam must be a finite number >= 0"),
         (lambda: RegularizerConfig(lam=1.0, refresh_every=0), "refresh_every must be an integer >= 1"),
         (lambda: RegularizerConfig(), "lam is required: the penalty's weight"),
         (lambda: RetrainConfig(epochs=1), "lam is required"),

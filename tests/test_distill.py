@@ -177,7 +177,7 @@ def test_distill_config_round_trips_through_yaml(tmp_path: Path) -> None:
     [
         ("retrain: {distill: {weight: 1.5}}", r"retrain\.distill\.weight must be a number in \[0, 1\], got 1.5"),
         ("retrain: {distill: {weight: -0.1}}", r"retrain\.distill\.weight must be"),
-        ("finetune: {distill: {temperature: 0}}", r"finetune\.distill\.temperature must be a number > 0, got 0"),
+        ("finetune: {distill: {temperature: 0}}", r"finetune\.distill\.temperature must be a finite number > 0, got 0"),
         ("finetune: {distill: {temperature: hot}}", r"finetune\.distill\.temperature: expected a number"),
         ("finetune: {distill: {alpha: 1}}", r"finetune\.distill: unknown key\(s\) alpha"),
         ("train: {distill: {weight: 0.5}}", r"train: unknown key\(s\) distill"),
@@ -193,5 +193,5 @@ def test_bad_distill_values_name_the_field(tmp_path: Path, text: str, match: str
 def test_distill_built_in_python_is_validated() -> None:
     with pytest.raises(ConfigError, match="distill must be a DistillConfig"):
         RetrainConfig(distill={"weight": 0.5})
-    with pytest.raises(ConfigError, match="temperature must be a number > 0"):
+    with pytest.raises(ConfigError, match="temperature must be a finite number > 0"):
         DistillConfig(temperature=-1.0)

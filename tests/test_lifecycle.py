@@ -1,5 +1,6 @@
 """The lifecycle object on a model the tool does not ship: plan, re-train in the user's loop, report, finalize."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from deepkmeans import (
     save,
     shared_layers,
 )
-from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
+from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError, PlanWarning
 
 
 class Block(nn.Module):
@@ -170,3 +171,17 @@ def test_state_dict_restores_saved_clustering() -> None:
     assert all(torch.equal(fresh.assignments[n], v) for n, v in dkm.assignments.items())
     with pytest.raises(DeepKMeansError, match="does not match"):
         DeepKMeans(model, config).load_state_dict(saved)
+
+
+def test_a_beta_that_collapses_a_layer_says_how_many_centers_it_uses() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 32), nn.Linear(32, 8))
+    layers = {"0": LayerSpec(K=16, beta=1.0), "1": LayerSpec(K=16, beta=0.01)}
+    with pytest.warns(PlanWarning) as caught:
+        shared = compress(model, CompressConfig(layers=layers))
+    used = torch.bincount(shared_layers(shared)["0"].assignments.long(), minlength=16).count_nonzero()
+    assert [str(w.message) for w in caught] == [f"0: beta 1 uses {int(used)} of 16 centers (a smaller beta keeps more)"]
+    assert 2 * used < 16
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlanWarning)  # plain k-means on the same layer: nothing to say
+        compress(model, CompressConfig(layers={"0": LayerSpec(K=16)}))

@@ -9,6 +9,7 @@ from torch import nn
 from deepkmeans import CompressConfig, LayerSpec, account, compress, load, materialize, save
 from deepkmeans.cluster.quantize import entropy_bits
 from deepkmeans.codec.container import unpack
+from deepkmeans.errors import ConfigError
 from deepkmeans.shared import shared_layers, snap_
 
 
@@ -105,3 +106,40 @@ def test_training_moves_the_floats_and_snap_puts_them_back_on_the_grid() -> None
     bias_steps = (model.fc.bias - layer.param.bias_grid[0]) / layer.param.bias_grid[1]
     assert torch.allclose(bias_steps, bias_steps.round(), atol=1e-3)
     assert torch.equal(model.fc.weight, weight_before)
+
+
+def test_a_bfloat16_model_and_its_16_bit_file_are_bit_for_bit_the_same(tmp_path: Path) -> None:
+    """bfloat16 centers and bias are stored as bfloat16: as float16, 1e-6 would lose its precision (subnormal)
+    and 1e6 would become infinite, so the model read back would differ from the one written."""
+    torch.manual_seed(0)
+    model = Net().to(torch.bfloat16)
+    with torch.no_grad():
+        model.conv.weight.mul_(1e-5)
+        model.fc.weight.mul_(1e6)
+        model.fc.bias.mul_(1e-6)
+    layers = {"conv": LayerSpec(K=4, bits=16), "fc": LayerSpec(K=3, p=0.5, d=4, bits=16)}
+    shared = compress(model, CompressConfig(layers=layers))
+    path = tmp_path / "m.dkm"
+    save(shared, path)
+    _, tensors = unpack(path.read_bytes())
+    assert tensors["shared/fc/centers"].dtype == torch.bfloat16 and tensors["shared/fc/bias"].dtype == torch.bfloat16
+    written = materialize(shared).state_dict()
+    for compact in (False, True):
+        loaded = load(path, model=Net().to(torch.bfloat16), materialize=compact)
+        read = materialize(loaded).state_dict()
+        assert written.keys() == read.keys()
+        for key, value in written.items():
+            assert value.dtype == read[key].dtype and torch.equal(value.view(torch.int16), read[key].view(torch.int16))
+
+
+@pytest.mark.parametrize("what", ["weight", "bias"])
+def test_16_bits_refuse_values_float16_cannot_hold(what: str) -> None:
+    """float16's largest value is 65504: a float32 layer beyond it would be stored as infinite centers."""
+    model = Net()
+    with torch.no_grad():
+        getattr(model.fc, what)[0] = -1e5
+    layers = {"conv": LayerSpec(K=4, bits=16), "fc": LayerSpec(K=3, d=4, bits=16)}
+    with pytest.raises(ConfigError, match=rf"fc at bits 16 is stored as float16, .* its {what} reaches \|100000\|"):
+        compress(model, CompressConfig(layers=layers))
+    layers["fc"] = LayerSpec(K=3, d=4, bits=8)  # an 8-bit grid spans any finite range
+    assert torch.isfinite(materialize(compress(model, CompressConfig(layers=layers))).fc.weight).all()

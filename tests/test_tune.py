@@ -1,5 +1,6 @@
 """deepkmeans tune: per-layer K / p / d for a target on validation data; center fine-tuning keeps the file size."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -7,13 +8,16 @@ import torch
 from torch import nn
 
 import deepkmeans.tuning as tune_module
+from deepkmeans.accounting import account
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
-from deepkmeans.config import load_config
+from deepkmeans.config import CompressConfig, LayerSpec, load_config
 from deepkmeans.data import Batches, load_splits
+from deepkmeans.errors import ConfigError, PlanWarning
 from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.files.models import load_model_file
 from deepkmeans.job.results import RunFiles, RunMetrics
+from deepkmeans.lifecycle import compress
 from deepkmeans.train import evaluate
 from deepkmeans.tuning import Candidate, Grid, allocate, linear_row_lengths, tune
 from tests.conftest import make_mnist_dir
@@ -150,3 +154,38 @@ def test_budget_holds_the_bits_of_layers_that_are_not_candidates() -> None:
     candidates = tune_module.sensitivities(model, val, torch.device("cpu"), layers=["2"], progress=False, grid=grid)
     result = tune(model, val, torch.device("cpu"), target_cr=2.4, progress=False, candidates=candidates)
     assert set(result.chosen) == {"2"} and result.paper_cr >= 2.4
+
+
+def test_candidates_a_beta_collapses_are_measured_without_a_warning_each() -> None:
+    """The collapse warning is for a config the user compresses; tune's trials of a large beta would print one
+    line per candidate."""
+    model, val = _tiny()
+    grid = Grid(ks=(8,), ps=(0.0,), widths=(32,), betas=(5.0,))
+    with pytest.warns(PlanWarning, match="beta 5 uses"):  # the same layer compressed on its own says so
+        compress(model, CompressConfig(layers={"3": LayerSpec(K=8, d=1, beta=5.0)}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PlanWarning)
+        cands = tune_module.sensitivities(model, val, torch.device("cpu"), layers=["3"], progress=False, grid=grid)
+    assert len(cands["3"]) == 6  # dense + the five row lengths
+
+
+def test_the_reachable_ratio_bounds_every_choice_of_the_candidates() -> None:
+    """Computed from shapes alone, it is never below what the candidates' measured bits reach."""
+    model, val = _tiny()
+    for grid in (Grid(ks=(4, 8), ps=(0.0, 0.9), widths=(32, 8)), Grid(ks=(4,), ps=(0.5,), betas=(0.0, 0.1))):
+        cands = tune_module.sensitivities(model, val, torch.device("cpu"), progress=False, grid=grid)
+        before = account(model).bits_before
+        measured = before / sum(min(c.bits for c in layer) for layer in cands.values())
+        assert measured <= tune_module.reachable_cr(model, grid) < 2 * measured  # at most H = 0 from p = 0
+
+
+def test_a_target_beyond_reach_is_refused_before_any_candidate_is_measured(monkeypatch) -> None:
+    model, val = _tiny()
+
+    def measured(*args, **kwargs):
+        raise AssertionError("a candidate was measured")
+
+    monkeypatch.setattr(tune_module, "sensitivities", measured)
+    top = tune_module.reachable_cr(model)
+    with pytest.raises(ConfigError, match=rf"candidates reach at most {top:.1f}x on this model"):
+        tune(model, val, torch.device("cpu"), target_cr=1.01 * top, progress=False)

@@ -1,6 +1,7 @@
 """Narrow values: a layer's centers and bias stored in 16 or 8 bits instead of 32.
 
-* 16 bits: IEEE half precision (the values rounded to float16).
+* 16 bits: IEEE half precision (the values rounded to float16); a bfloat16 tensor keeps its own 16-bit type,
+  so the file holds the very values of the model (float16 would flush its small values and overflow its large).
 * 8 bits: a per-tensor affine grid ``offset + q * scale`` with ``q`` in ``[0, 255]``; the grid (two
   float32 numbers) is fixed when the layer is shared and stored beside the codes, so values already on it
   round-trip bit for bit (the codes of ``offset + q * scale`` are ``q`` again).
@@ -33,10 +34,24 @@ def affine_grid(values: torch.Tensor) -> torch.Tensor:
     return torch.stack([low, torch.where(scale > 0, scale, torch.ones_like(scale))])
 
 
+def half_type(dtype: torch.dtype) -> torch.dtype:
+    """The 16-bit type a tensor of ``dtype`` is stored as at 16 bits: bfloat16 stays bfloat16, all else float16."""
+    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+
+
+def overflows(values: torch.Tensor, bits: int) -> float | None:
+    """The largest magnitude of ``values`` when their 16-bit type cannot hold it (it would store as infinite),
+    else ``None``; 32 and 8 bits hold any finite value (an 8-bit grid spans the tensor)."""
+    if bits != 16 or values.numel() == 0:
+        return None
+    top = float(values.detach().abs().max())
+    return top if top > torch.finfo(half_type(values.dtype)).max else None
+
+
 def encode(values: torch.Tensor, bits: int, grid: torch.Tensor | None = None) -> torch.Tensor:
-    """What the file stores: float16 values, uint8 codes on ``grid``, or the values unchanged (32 bits)."""
+    """What the file stores: 16-bit values (:func:`half_type`), uint8 codes on ``grid``, or the values unchanged."""
     if bits == 16:
-        return values.detach().to(torch.float16)
+        return values.detach().to(half_type(values.dtype))
     if bits == 8:
         offset, scale = grid[0], grid[1]
         return torch.round((values.detach().to(torch.float32) - offset) / scale).clamp(0, LEVELS).to(torch.uint8)

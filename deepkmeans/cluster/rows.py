@@ -9,13 +9,18 @@ from __future__ import annotations
 import torch
 
 
-def default_row_length(shape: tuple[int, ...]) -> int:
-    """Conv weights ``(m, n, h, w)`` (any rank >= 3) split into rows of the kernel width ``w``.
+def default_row_length(shape: tuple[int, ...], groups: int = 1) -> int:
+    """Conv weights ``(m, n, h, w)`` (any rank >= 3) split into rows of the kernel width ``w``, except depthwise
+    ones (``groups`` > 1 and one input channel per filter, ``n == 1``), which split into scalars (d = 1).
 
-    Linear weights ``(out, in)`` have no kernel width; they default to scalars (d = 1), the only
-    length that always divides ``in``. Configure a longer ``d`` per layer for vector sharing.
+    A depthwise layer holds only ``m * h`` kernel rows, each filtering a channel of its own, so K centers of
+    length ``w`` fit them far worse than K scalar values (at K = 16 on default-initialized 3x3 depthwise
+    weights: a relative error of 0.33-0.38 with d = 3, 0.06 with d = 1), while its weights are too few for
+    the longer rows' saving to matter. Linear weights ``(out, in)`` have no kernel width; they default to
+    scalars too, the only length that always divides ``in``. Configure a longer ``d`` per layer for vector
+    sharing.
     """
-    if len(shape) >= 3:
+    if len(shape) >= 3 and not (groups > 1 and int(shape[1]) == 1):
         return int(shape[-1])
     return 1
 

@@ -20,6 +20,7 @@ from deepkmeans.errors import DeepKMeansError, FormatError
 from deepkmeans.files.atomic import write_atomic
 
 CENTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+HALF_DTYPES = (torch.float16, torch.bfloat16)  # 16-bit values: float16, or bfloat16 for a bfloat16 layer
 
 
 @dataclass
@@ -213,7 +214,7 @@ def _layer_from(name: str, info: Any, tensors: dict[str, torch.Tensor], budget: 
         )
     k = len(counts)
     centers = tensors.get(f"shared/{name}/centers")
-    dtypes = {32: CENTER_DTYPES, 16: (torch.float16,), 8: (torch.uint8,)}[bits]
+    dtypes = {32: CENTER_DTYPES, 16: HALF_DTYPES, 8: (torch.uint8,)}[bits]
     if centers is None or centers.dtype not in dtypes or tuple(centers.shape) != (k, d):
         kinds = ", ".join(str(t).removeprefix("torch.") for t in dtypes)
         raise ValueError(f"centers must be a ({k}, {d}) tensor of {kinds} for {bits}-bit values")
@@ -243,8 +244,9 @@ def _narrow_values(name: str, code: LayerCode, bits: int, tensors: dict[str, tor
     code.centers = narrow.decode(code.centers, bits, torch.float32, code.grid)
     bias = tensors.get(f"shared/{name}/bias")
     if bias is not None:
-        if bias.dtype != (torch.uint8 if bits == 8 else torch.float16) or bias.ndim != 1:
-            raise ValueError(f"the {bits}-bit bias must be a 1-D {'uint8' if bits == 8 else 'float16'} tensor")
+        if bias.dtype not in ((torch.uint8,) if bits == 8 else HALF_DTYPES) or bias.ndim != 1:
+            kinds = "uint8" if bits == 8 else "float16 or bfloat16"
+            raise ValueError(f"the {bits}-bit bias must be a 1-D {kinds} tensor")
         code.bias_grid = _grid(tensors, f"shared/{name}/bias_grid") if bits == 8 else None
         code.bias = narrow.decode(bias.clone(), bits, torch.float32, code.bias_grid)
     return code

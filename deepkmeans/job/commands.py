@@ -19,8 +19,16 @@ from deepkmeans.energy.torch_layers import estimate_energy
 from deepkmeans.errors import DeepKMeansError, PlanWarning
 from deepkmeans.files.atomic import check_writable, write_atomic
 from deepkmeans.files.models import LoadedModel, load_model_file, save
-from deepkmeans.job.stages import checkpoint_meta, model_meta, pretrain, retrain, start_session
-from deepkmeans.lifecycle import compress
+from deepkmeans.job.stages import (
+    checkpoint_meta,
+    compress_step,
+    model_meta,
+    pretrain,
+    require_layers,
+    retrain,
+    start_session,
+)
+from deepkmeans.lifecycle import DeepKMeans
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.models import build_model, model_info
 from deepkmeans.sweep import SweepPoint, run_points, sweep
@@ -109,12 +117,32 @@ def retrain_checkpoint(checkpoint: str | Path, cfg: RunConfig, output: str | Pat
 
 
 def compress_checkpoint(checkpoint: str | Path, cfg: RunConfig, output: str | Path) -> Accounting:
-    """Weight-share a checkpoint with ``cfg.compress`` and write the compressed file; returns its accounting."""
+    """Weight-share a checkpoint with ``cfg.compress`` as ``run`` does (``importance`` and ``bn_reestimate``
+    included: the training data is loaded only when one of them is > 0) and write the compressed file; returns
+    its accounting."""
     check_writable(output)
+    require_layers(cfg, "compress")
     loaded = _checkpoint(checkpoint)
-    shared = compress(loaded.model.cpu(), cfg.compress, inplace=True)
+    model, train, device = loaded.model.cpu(), None, torch.device("cpu")
+    dkm = DeepKMeans(model, cfg.compress)  # the plan, checked before any data is loaded
+    if cfg.importance > 0 or cfg.bn_reestimate > 0:
+        session = start_session(cfg, cfg.train.batch_size, dataset=loaded.dataset)
+        train, device = session.loop.train, session.device
+        model.to(device)
+    shared = compress_step(model, cfg, train, device, dkm)
     size = save(shared, output, {"name": loaded.name, "dataset": loaded.dataset})
     return account(shared, size)
+
+
+def ignored_options(cfg: RunConfig, verb: str) -> None:
+    """Warn, in one line, of ``importance`` / ``bn_reestimate`` given to a verb that compresses without them."""
+    given = [f"{k} = {v}" for k, v in (("importance", cfg.importance), ("bn_reestimate", cfg.bn_reestimate)) if v]
+    if given:
+        warnings.warn(
+            f"{' and '.join(given)}: `deepkmeans {verb}` compresses without them (`compress` and `run` apply them)",
+            PlanWarning,
+            stacklevel=3,
+        )
 
 
 @dataclass(frozen=True)
@@ -197,10 +225,14 @@ def tune_checkpoint(
 ) -> TuneResult:
     """Choose per-layer K / p / d for a checkpoint on the last ``validation`` training images; writes a run config
     (``cfg`` with the chosen layers and the validation split) that run, retrain and compress accept."""
-    from deepkmeans.tuning import Grid, sensitivity_table, tune
+    from deepkmeans.tuning import Grid, check_reachable, sensitivity_table, tune
 
     check_writable(output)
+    ignored_options(cfg, "tune")
     loaded = _checkpoint(checkpoint)
+    grid = grid or Grid()
+    if target_cr is not None:
+        check_reachable(loaded.model, target_cr, grid)  # before the data is loaded and any candidate measured
     trained_without = loaded.meta.get("validation", 0)
     if trained_without != validation:
         warnings.warn(
@@ -221,7 +253,7 @@ def tune_checkpoint(
         target_cr=target_cr,
         max_drop=max_drop,
         seed=cfg.compress.seed,
-        grid=grid or Grid(),
+        grid=grid,
     )
     tuned = replace(cfg, compress=result.config)
     write_atomic(output, yaml.safe_dump(to_dict(tuned), sort_keys=False).encode())
@@ -257,6 +289,8 @@ def sweep_checkpoint(
     from deepkmeans.report.sweep import write_sweep
 
     check_writable(Path(out_dir) / "sweep.json")
+    require_layers(cfg, "sweep")
+    ignored_options(cfg, "sweep")
     loaded = load_model_file(checkpoint)
     dataset = loaded.dataset or cfg.dataset
     _, test = load_data(dataset, cfg.data_dir, 256, cfg.seed)

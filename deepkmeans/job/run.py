@@ -15,6 +15,7 @@ from deepkmeans.files.atomic import check_writable
 from deepkmeans.files.models import load_model_file
 from deepkmeans.job.results import DenseMetrics, EnergyLayer, EnergySummary, RunFiles, RunMetrics, StageMetrics
 from deepkmeans.job.stages import (
+    check_plan,
     checkpoint_meta,
     compress_and_measure,
     finetune,
@@ -22,11 +23,12 @@ from deepkmeans.job.stages import (
     lifecycle,
     model_meta,
     pretrain,
+    require_layers,
     retrain,
     start_session,
 )
 from deepkmeans.measure import measure
-from deepkmeans.models import model_info
+from deepkmeans.models import build_model, model_info
 from deepkmeans.report.markdown import write_report
 from deepkmeans.report.tables import layer_table, ratio_summary
 from deepkmeans.train import EpochLog, evaluate
@@ -69,6 +71,8 @@ def run(cfg: RunConfig, quick: bool = False, progress: bool | None = None) -> Ru
     files = RunFiles(Path(cfg.out_dir))
     check_writable(files / RunFiles.METRICS)
     cfg = _quick(cfg) if quick else cfg
+    require_layers(cfg, "run")
+    check_plan(build_model(cfg.model), cfg)  # before pre-training: its mistakes cost nothing to report now
     started = time.perf_counter()
     session = start_session(cfg, cfg.train.batch_size, QUICK_LIMIT if quick else None, progress=progress)
     rank, loop = session.rank, session.loop

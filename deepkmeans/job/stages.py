@@ -16,11 +16,12 @@ from deepkmeans import distributed
 from deepkmeans.calibrate import reestimate_batchnorm_
 from deepkmeans.config import RunConfig, to_dict
 from deepkmeans.data import Batches, load_splits
-from deepkmeans.errors import DeepKMeansError, PlanWarning
+from deepkmeans.errors import ConfigError, DeepKMeansError, PlanWarning
 from deepkmeans.importance import squared_gradients
 from deepkmeans.lifecycle import DeepKMeans
 from deepkmeans.measure import Measurement, measure
 from deepkmeans.models import build_model
+from deepkmeans.plan import build_plan
 from deepkmeans.shared import snap_
 from deepkmeans.train import EpochLog, Loop, fit, pick_device
 
@@ -47,6 +48,23 @@ def start_session(
     splits.train.set_shard(rank.rank, rank.world_size)
     loop = Loop(splits.train, splits.test, device, rank.is_main, progress, val=splits.val)
     return Session(rank, loop, splits.val)
+
+
+def require_layers(cfg: RunConfig, verb: str) -> None:
+    """Refuse a config that names no layer to share for a verb whose point is compression: it would write a
+    1.0x file. Omitted sections of a config file take the dataclass defaults, and a default set of layers
+    would have to name one architecture's modules, so ``compress.layers`` has none."""
+    if not cfg.compress.layers:
+        raise ConfigError(
+            f"compress.layers names no layer, so `deepkmeans {verb}` would compress nothing; name the layers to"
+            " share (by name, glob pattern or type:Class), as configs/lenet5_mnist.yaml does"
+        )
+
+
+def check_plan(model: nn.Module, cfg: RunConfig) -> None:
+    """Resolve the plan of ``cfg.compress`` on ``model`` now, so that a layer-name typo or a row length that does
+    not divide a weight ends in one line before the data is loaded or any training starts."""
+    build_plan(model, cfg.compress)
 
 
 def model_meta(cfg: RunConfig, dataset: str | None = None) -> dict[str, Any]:
@@ -141,21 +159,38 @@ def compress_and_measure(
     val: Batches | None = None,
     dkm: DeepKMeans | None = None,
 ) -> tuple[nn.Module, Measurement]:
-    """Compress ``model`` (a CPU copy; the clustering runs on the CPU, so the file does not depend on the
-    device), write it, read it back and evaluate what was read (on the test set, and on ``val`` when given).
-    ``dkm``: the run's :func:`lifecycle` on ``model``, whose clusterings of the current weights are reused."""
+    """Compress ``model`` (:func:`compress_step`), write it, read it back and evaluate what was read (on the test
+    set, and on ``val`` when given). ``dkm``: the run's :func:`lifecycle` on ``model``, whose clusterings of the
+    current weights are reused."""
+    shared = compress_step(model, cfg, loop.train, loop.device, dkm)
+    return shared, measure(shared, loop.test, loop.device, save_to=path, meta=meta, val=val)
+
+
+def compress_step(
+    model: nn.Module,
+    cfg: RunConfig,
+    train: Batches | None,
+    device: torch.device,
+    dkm: DeepKMeans | None = None,
+) -> nn.Module:
+    """The compressed model as every verb makes it: a CPU copy of ``model`` (the clustering runs on the CPU, so
+    the file does not depend on the device) with ``cfg.compress``, its k-means weighted by squared gradients
+    over ``cfg.importance`` training batches and its BatchNorm statistics re-measured on ``cfg.bn_reestimate``
+    of them; ``train`` (batches on ``device``, where ``model`` is) is needed only when either is > 0."""
     dkm = dkm if dkm is not None else DeepKMeans(model, cfg.compress)
+    if train is None and (cfg.importance > 0 or cfg.bn_reestimate > 0):
+        raise DeepKMeansError("importance and bn_reestimate need training batches")
     importance = None
     if cfg.importance > 0:
-        importance = squared_gradients(model, loop.train, loop.device, list(dkm.plan.shared), cfg.importance)
+        importance = squared_gradients(model, train, device, list(dkm.plan.shared), cfg.importance)
     shared = dkm.finalize(importance=importance).cpu()
-    if cfg.bn_reestimate > 0 and reestimate_batchnorm_(shared, loop.train, loop.device, cfg.bn_reestimate) == 0:
+    if cfg.bn_reestimate > 0 and reestimate_batchnorm_(shared, train, device, cfg.bn_reestimate) == 0:
         warnings.warn(
             f"bn_reestimate = {cfg.bn_reestimate}, but the model has no BatchNorm layer to re-estimate",
             PlanWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    return shared, measure(shared, loop.test, loop.device, save_to=path, meta=meta, val=val)
+    return shared
 
 
 def finetune(
