@@ -188,7 +188,7 @@ def test_compress_applies_importance_and_bn_reestimate_loading_data_only_for_the
     assert "bn_reestimate = 2, but the model has no BatchNorm layer" in err
 
 
-@pytest.mark.parametrize("verb", ["run", "compress", "sweep"])
+@pytest.mark.parametrize("verb", ["run", "compress", "sweep", "retrain"])
 def test_a_config_that_names_no_layer_is_refused_by_the_verbs_that_compress(
     tmp_path: Path, mnist_dir: Path, capsys: pytest.CaptureFixture[str], verb: str
 ) -> None:
@@ -196,6 +196,7 @@ def test_a_config_that_names_no_layer_is_refused_by_the_verbs_that_compress(
     cfg.write_text(f"seed: 1\ndata_dir: {mnist_dir}\nout_dir: {tmp_path / 'run'}\ndevice: cpu\n")
     argv = {"run": ["run", str(cfg)], "compress": ["compress", "CKPT", "--config", str(cfg)]}
     argv["sweep"] = ["sweep", "CKPT", "--config", str(cfg), "--out-dir", str(tmp_path / "sweep")]
+    argv["retrain"] = ["retrain", "CKPT", "--config", str(cfg), "-o", str(tmp_path / "r.ckpt")]
     ckpt = str(_lenet_checkpoint(tmp_path))
     code = main(
         [ckpt if a == "CKPT" else a for a in argv[verb]] + ["-o", str(tmp_path / "m.dkm")] * (verb == "compress")
@@ -215,6 +216,16 @@ def test_run_reports_a_bad_plan_before_pre_training(
     cfg.write_text(f"data_dir: {mnist_dir}\nout_dir: {tmp_path / 'run'}\ndevice: cpu\ncompress: {{layers: {layers}}}\n")
     _one_line_error(capsys, main(["run", str(cfg), "--no-progress"]), match)
     assert not (tmp_path / "run" / "pretrain.ckpt").exists()  # nothing was trained
+
+
+@pytest.mark.parametrize("layers", ["{conv9: {K: 4}}", "{fc1: {K: 4, d: 7}}"])
+def test_retrain_reports_a_bad_plan_before_loading_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], layers: str
+) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data_dir: {tmp_path / 'nodata'}\ndevice: cpu\ncompress: {{layers: {layers}}}\n")
+    argv = ["retrain", str(_lenet_checkpoint(tmp_path)), "--config", str(cfg), "-o", str(tmp_path / "r.ckpt")]
+    _one_line_error(capsys, main(argv), "matches no layer" if "conv9" in layers else "does not divide")
 
 
 def test_tune_refuses_an_unreachable_target_at_once_and_names_the_reachable_ratio(

@@ -20,6 +20,7 @@ from deepkmeans.errors import DeepKMeansError, PlanWarning
 from deepkmeans.files.atomic import check_writable, write_atomic
 from deepkmeans.files.models import LoadedModel, load_model_file, save
 from deepkmeans.job.stages import (
+    check_plan,
     checkpoint_meta,
     compress_step,
     model_meta,
@@ -107,7 +108,10 @@ def import_weights(source: str, output: str | Path, model: str | None = None, da
 def retrain_checkpoint(checkpoint: str | Path, cfg: RunConfig, output: str | Path) -> list[EpochLog]:
     """Deep k-Means re-training of a checkpoint into ``output``, printing each layer's hardness per epoch."""
     check_writable(output)
+    if cfg.retrain.method != "none":  # the penalty pulls towards the plan's centers: without layers it is zero
+        require_layers(cfg, "retrain")
     loaded = _checkpoint(checkpoint)
+    check_plan(loaded.model, cfg)  # a layer-name typo or a d that does not divide: now, not after loading data
     session = start_session(cfg, cfg.retrain.batch_size, dataset=loaded.dataset)
     # images held out of both stages: both hold out the last ones, so the smaller count
     held_out = min(int(loaded.meta.get("validation", 0)), cfg.validation)
