@@ -11,6 +11,7 @@ The ``deepkmeans`` command line runs the same library on files.
 """
 
 from deepkmeans.accounting import Accounting, LayerAccount, account
+from deepkmeans.calibrate import reestimate_batchnorm_
 from deepkmeans.config import CompressConfig, LayerSpec, RegularizerConfig
 from deepkmeans.energy.torch_layers import estimate_energy
 from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError, PlanWarning
@@ -53,6 +54,7 @@ __all__ = [
     "load_pretrained",
     "materialize",
     "measure",
+    "reestimate_batchnorm_",
     "save",
     "shared_layers",
     "tune",

@@ -10,6 +10,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from deepkmeans.errors import ConfigError, DeepKMeansError
+
 
 def batchnorm_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The BatchNorm layers of ``model`` that keep running statistics."""
@@ -22,19 +24,24 @@ def _statistics(layers: list[nn.modules.batchnorm._BatchNorm]) -> list[dict[str,
 
 @torch.no_grad()
 def reestimate_batchnorm_(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], device: torch.device, max_batches: int
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | str | None = None,
+    max_batches: int = 50,
 ) -> int:
     """Replace each BatchNorm layer's running mean and variance by their average over the first ``max_batches``
     of ``batches`` (the cumulative average: every batch counts the same); returns how many layers were
     re-estimated. Only the BatchNorm layers run in train mode (dropout stays off, as at inference); the
-    model's weights, modes, momenta and device are left as they were."""
-    if max_batches < 1:
-        raise ValueError(f"max_batches must be >= 1, got {max_batches}")
+    model's weights, modes, momenta and device are left as they were. ``device``: where to run (default:
+    where the model is)."""
+    if isinstance(max_batches, bool) or not isinstance(max_batches, int) or max_batches < 1:
+        raise ConfigError(f"max_batches must be an integer >= 1, got {max_batches!r}")
     layers = batchnorm_layers(model)
     if not layers:
         return 0
     param = next(model.parameters(), None)
-    home = param.device if param is not None else device
+    home = param.device if param is not None else torch.device("cpu")
+    device = home if device is None else torch.device(device)
     modes = {m: m.training for m in model.modules()}
     momenta = [bn.momentum for bn in layers]
     saved = _statistics(layers)
@@ -52,7 +59,7 @@ def reestimate_batchnorm_(
             model(x.to(device, non_blocking=True))
             seen += 1
         if seen == 0:
-            raise ValueError("no batches to re-estimate BatchNorm statistics on")
+            raise DeepKMeansError("no batches to re-estimate BatchNorm statistics on (the batches given are empty)")
         done = True
     finally:
         for bn, momentum, stats in zip(layers, momenta, saved, strict=True):

@@ -14,6 +14,7 @@ from deepkmeans.errors import DeepKMeansError, PlanWarning
 
 if TYPE_CHECKING:
     from deepkmeans.config import RunConfig
+    from deepkmeans.export import OnnxExport
     from deepkmeans.sweep import SweepPoint
 
 DESCRIPTION = """Compress CNNs by k-means weight sharing of filter rows (Deep k-Means, ICML 2018).
@@ -275,8 +276,19 @@ def cmd_export(args: argparse.Namespace) -> None:
     for layer in result.layers:
         how = f"{layer.index_bits}-bit indexes" if layer.index_bits else layer.note
         print(f"  {layer.name}: K = {layer.K} centers, {how}")
-    kind = "dense weights" if result.dense else "shared layers as Gather(centers, indexes)"
-    print(f"wrote {result.path} ({result.bytes} bytes, {kind})")
+    print(f"wrote {result.path} ({result.bytes} bytes, {_exported_kind(result)})")
+
+
+def _exported_kind(result: OnnxExport) -> str:
+    """What the file holds: dense weights, or how many shared layers are ``Gather(centers, indexes)``."""
+    if result.dense:
+        return "dense weights"
+    if not result.layers:
+        return "dense weights: the model has no shared layer"
+    total = len(result.layers)
+    if result.gathered < total:
+        return f"{result.gathered} of {total} shared layers as Gather(centers, indexes), the rest dense"
+    return f"{total} shared layer{'s' if total > 1 else ''} as Gather(centers, indexes)"
 
 
 def cmd_import(args: argparse.Namespace) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from deepkmeans.accounting import LayerAccount, other_bits, shared_account
 from deepkmeans.cluster import narrow
 from deepkmeans.cluster.quantize import RowClustering, cluster_rows, hardness
 from deepkmeans.cluster.rows import from_rows, to_rows
-from deepkmeans.config import CompressConfig, RegularizerConfig
+from deepkmeans.config import CompressConfig, RegularizerConfig, from_dict
 from deepkmeans.errors import ConfigError, DeepKMeansError, PlanWarning
 from deepkmeans.plan import LayerPlan, build_plan
 from deepkmeans.regularize.regularizer import PenaltyState
@@ -46,19 +47,36 @@ class LayerReport:
         return self.account.name
 
 
+def _as_config(cls: type, value: Any, what: str) -> Any:
+    """``value`` as config dataclass ``cls``: itself, or a mapping validated as a YAML section would be
+    (``{"layers": {"conv*": {"K": 16}}}``); anything else is refused in one line."""
+    if isinstance(value, cls):
+        return value
+    if isinstance(value, Mapping):
+        return from_dict(cls, dict(value), what)
+    raise ConfigError(f"{what}: expected a {cls.__name__} or a mapping of its fields, got {type(value).__name__}")
+
+
 class DeepKMeans:
     """Deep k-Means on one model: ``penalty()`` / ``step()`` while re-training, ``report()``, ``finalize()``.
 
     ``regularizer=None`` (or method 'none') makes ``penalty()`` a zero tensor: compression alone.
+    Either config may be given as a mapping of its fields, validated like a YAML section.
     The layer plan is resolved once, here; layers the config asks for but that cannot be shared are
     left dense with a warning saying why.
     """
 
-    def __init__(self, model: nn.Module, config: CompressConfig, regularizer: RegularizerConfig | None = None) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        config: CompressConfig | Mapping[str, Any],
+        regularizer: RegularizerConfig | Mapping[str, Any] | None = None,
+    ) -> None:
         self.model = model
-        self.config = config
-        self.regularizer = regularizer or RegularizerConfig(method="none")
-        self.plan: LayerPlan = build_plan(model, config)
+        self.config = _as_config(CompressConfig, config, "config")
+        regularizer = {"method": "none"} if regularizer is None else regularizer
+        self.regularizer = _as_config(RegularizerConfig, regularizer, "regularizer")
+        self.plan: LayerPlan = build_plan(model, self.config)
         for note in self.plan.notes:
             warnings.warn(note, PlanWarning, stacklevel=2)
         self._modules = dict(model.named_modules())
@@ -248,7 +266,7 @@ class DeepKMeans:
 
 def compress(
     model: nn.Module,
-    config: CompressConfig,
+    config: CompressConfig | Mapping[str, Any],
     inplace: bool = False,
     importance: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:

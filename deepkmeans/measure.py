@@ -6,6 +6,7 @@ model is written to a real file and the accuracy is that of the model read back 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from torch import nn
 
 from deepkmeans.accounting import Accounting, account
 from deepkmeans.data import Batches
+from deepkmeans.errors import DeepKMeansError
 from deepkmeans.files.models import load, save
 from deepkmeans.shared import copy_module, materialize
 from deepkmeans.train import evaluate
@@ -57,6 +59,27 @@ def _same_state(a: nn.Module, b: nn.Module) -> bool:
     )
 
 
+class _Counted:
+    """Batches passed through, counting their samples (an iterator or a loader may turn out empty)."""
+
+    def __init__(self, batches: Batches) -> None:
+        self.batches, self.samples = batches, 0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in self.batches:
+            self.samples += len(y)
+            yield x, y
+
+
+def _evaluate(model: nn.Module, batches: Batches, device: torch.device, what: str) -> tuple[float, float]:
+    """Loss and accuracy on ``batches``, refused when they held no sample."""
+    counted = _Counted(batches)
+    loss, acc = evaluate(model, counted, device)
+    if counted.samples == 0:
+        raise DeepKMeansError(f"{what}: no samples to measure on (an accuracy over nothing is not 0)")
+    return loss, acc
+
+
 def measure(
     model: nn.Module,
     batches: Batches,
@@ -74,6 +97,9 @@ def measure(
     ``device``: where to evaluate (a copy is moved there when the model lives elsewhere). ``val``: validation
     batches (held-out training images) the same model is also evaluated on, for choices made without the test set.
     """
+    for given, what in ((batches, "batches"), (val, "val")):
+        if given is not None and hasattr(given, "__len__") and len(given) == 0:
+            raise DeepKMeansError(f"{what}: no batches to measure on (an accuracy over nothing is not 0)")
     subject, equal, path = model, None, None
     if save_to is not None:
         file_bytes = save(model, save_to, meta)
@@ -82,6 +108,6 @@ def measure(
     device = device or model_device(model)
     if model_device(subject) != device:
         subject = (copy_module(subject) if subject is model else subject).to(device)
-    loss, acc = evaluate(subject, batches, device)
-    val_acc = None if val is None else evaluate(subject, val, device)[1]
+    loss, acc = _evaluate(subject, batches, device, "batches")
+    val_acc = None if val is None else _evaluate(subject, val, device, "val")[1]
     return Measurement(acc, loss, account(model, file_bytes), path, equal, val_acc)

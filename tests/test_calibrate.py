@@ -13,7 +13,7 @@ from torch import nn
 from deepkmeans.calibrate import batchnorm_layers, reestimate_batchnorm_
 from deepkmeans.config import CompressConfig, LayerSpec, RunConfig
 from deepkmeans.data import Batches
-from deepkmeans.errors import PlanWarning
+from deepkmeans.errors import ConfigError, DeepKMeansError, PlanWarning
 from deepkmeans.job import stages
 from deepkmeans.train import Loop
 
@@ -95,9 +95,9 @@ def test_a_failure_part_way_restores_the_old_statistics() -> None:
 def test_no_batchnorm_and_bad_arguments() -> None:
     model, (_, batches) = nn.Sequential(nn.Linear(6, 3)), _batches()
     assert batchnorm_layers(model) == [] and reestimate_batchnorm_(model, batches, torch.device("cpu"), 2) == 0
-    with pytest.raises(ValueError, match="max_batches must be >= 1"):
+    with pytest.raises(ConfigError, match="max_batches must be an integer >= 1"):
         reestimate_batchnorm_(_net(), batches, torch.device("cpu"), 0)
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(DeepKMeansError, match="no batches"):
         reestimate_batchnorm_(_net(), [], torch.device("cpu"), 2)
 
 

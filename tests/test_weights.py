@@ -127,6 +127,8 @@ def test_tune_writes_a_config_that_rebuilds_the_imported_architecture(fake, tmp_
         (["OWN", "--model", "lenet5_caffe"], "do not fit the model lenet5_caffe"),
         (["fake", "--model", "lenet5_caffe"], "are a digit_cnn, not a lenet5_caffe"),
         (["BAD", "--model", "digit_cnn"], "not a readable safetensors file"),
+        (["fake", "--dataset", "imagenet"], "unknown dataset 'imagenet' (--dataset); known: mnist, fashion_mnist"),
+        (["OWN", "--model", "lenet6"], "unknown model 'lenet6'"),
     ],
 )
 def test_import_mistakes_end_in_one_line(fake, tmp_path: Path, capsys, args: list[str], message: str) -> None:

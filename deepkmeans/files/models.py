@@ -18,8 +18,9 @@ from deepkmeans.codec import model_file
 from deepkmeans.codec.container import MAGIC
 from deepkmeans.codec.model_file import CompressedModel, LayerCode
 from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
+from deepkmeans.files.atomic import check_writable
 from deepkmeans.files.checkpoints import load_checkpoint
-from deepkmeans.models import build_model, model_info
+from deepkmeans.models import MODELS, build_model, model_info
 from deepkmeans.shared import share_, shared_layers, shared_state_keys
 
 
@@ -74,7 +75,20 @@ def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None,
     if name is not None:
         model_info(name)  # an unknown name fails here, before a file names it
         meta["name"] = name
-    return model_file.save(to_compressed(model, meta), path)
+    check_writable(path)
+    cm = to_compressed(model, meta)
+    _check_named(cm, meta.get("name"), name is not None)
+    return model_file.save(cm, path)
+
+
+def _check_named(cm: CompressedModel, name: Any, required: bool) -> None:
+    """A file that names a built-in architecture must be one ``load`` can rebuild as it: same tensors, same
+    shapes. ``required``: the name was given as ``name=`` (a ``meta`` name that is no built-in one is a label)."""
+    if not isinstance(name, str) or (not required and name not in MODELS):
+        return
+    misfit = _misfit(cm, build_model(name))
+    if misfit:
+        raise ConfigError(f"name={name!r}: the model is not a {name} ({misfit})")
 
 
 def load_compressed(path: str | Path, max_weights: int | None = None) -> CompressedModel:
@@ -86,15 +100,23 @@ def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:
     """Compare declared shapes with the model before expanding anything (a hostile file stays cheap)."""
     if shared_layers(model):
         raise DeepKMeansError(f"{source}: pass a plain (not compressed) instance of the architecture as model=")
+    misfit = _misfit(cm, model)
+    if misfit:
+        raise FormatError(f"{source}: tensors do not fit the model ({misfit})")
+
+
+def _misfit(cm: CompressedModel, model: nn.Module) -> str:
+    """How the tensors ``cm`` declares differ from ``model``'s state dict ('' when they fit)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     declared = cm.shapes()
     if declared.keys() != expected.keys():
         missing = sorted(expected.keys() - declared.keys())[:3]
         extra = sorted(declared.keys() - expected.keys())[:3]
-        raise FormatError(f"{source}: tensors do not fit the model (missing {missing}, unexpected {extra})")
+        return f"missing {missing}, unexpected {extra}"
     for key, shape in declared.items():
         if shape != expected[key]:
-            raise FormatError(f"{source}: tensors do not fit the model ({key} is {shape}, model has {expected[key]})")
+            return f"{key} is {shape}, the architecture has {expected[key]}"
+    return ""
 
 
 def _architecture(cm: CompressedModel, source: str) -> nn.Module:

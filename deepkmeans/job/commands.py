@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from deepkmeans.accounting import Accounting, account
-from deepkmeans.config import RunConfig, to_dict
+from deepkmeans.config import DATASETS, RunConfig, to_dict
 from deepkmeans.data import load_data, load_splits
 from deepkmeans.energy.rs import EnergyResult
 from deepkmeans.energy.torch_layers import estimate_energy
@@ -76,6 +76,10 @@ def import_weights(source: str, output: str | Path, model: str | None = None, da
     from deepkmeans.files.checkpoints import save_checkpoint
     from deepkmeans.weights import WEIGHTS, fit_model, pretrained_state, read_state_dict
 
+    if dataset is not None and dataset not in DATASETS:
+        raise DeepKMeansError(f"unknown dataset {dataset!r} (--dataset); known: {', '.join(DATASETS)}")
+    if model is not None:
+        model_info(model)  # an unknown architecture fails here, naming the known ones
     check_writable(output)
     if source in WEIGHTS:
         info = WEIGHTS[source]
