@@ -15,7 +15,7 @@ from deepkmeans.data import Batches, load_splits
 from deepkmeans.errors import DeepKMeansError
 from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.files.models import load_model_file
-from deepkmeans.job.results import RunFiles, RunMetrics
+from deepkmeans.results import RunFiles, RunMetrics
 from deepkmeans.train import evaluate
 from deepkmeans.tuning import Candidate, Grid, allocate, linear_row_lengths, tune
 from tests.conftest import make_mnist_dir

@@ -10,8 +10,8 @@ import pytest
 from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.job.results import RunFiles, RunMetrics
 from deepkmeans.report.markdown import hardness_history, write_report
+from deepkmeans.results import RunFiles, RunMetrics
 from tests.conftest import make_mnist_dir
 from tests.report.test_plots import assert_png
 from tests.test_cli import _config
