@@ -9,12 +9,11 @@ from torch import nn
 
 import deepkmeans.tuning as tune_module
 from deepkmeans.cli import main
-from deepkmeans.codec import model_file
 from deepkmeans.config import load_config
 from deepkmeans.data import Batches, load_splits
 from deepkmeans.errors import DeepKMeansError
 from deepkmeans.files.checkpoints import load_checkpoint
-from deepkmeans.files.models import load_model_file
+from deepkmeans.files.models import load_compressed, load_model_file
 from deepkmeans.results import RunFiles, RunMetrics
 from deepkmeans.train import evaluate
 from deepkmeans.tuning import Candidate, Grid, allocate, linear_row_lengths, tune
@@ -108,7 +107,7 @@ def test_center_finetuning_keeps_assignments_and_file_size(tmp_path: Path) -> No
     for stage in metrics.stages:
         assert stage.val_acc == evaluate(load_model_file(run / stage.file).model, val, torch.device("cpu"))[1]
     assert "validation accuracy" in (run / "report.md").read_text()
-    before, after = model_file.load(run / "model.dkm"), model_file.load(run / "finetuned.dkm")
+    before, after = load_compressed(run / "model.dkm"), load_compressed(run / "finetuned.dkm")
     assert (run / "model.dkm").stat().st_size == (run / "finetuned.dkm").stat().st_size
     for name, code in before.layers.items():
         assert torch.equal(code.assignments, after.layers[name].assignments)
