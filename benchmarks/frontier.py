@@ -24,8 +24,8 @@ import yaml
 
 from deepkmeans.config import RunConfig, from_dict
 from deepkmeans.files.atomic import write_atomic
-from deepkmeans.job.results import RunFiles, RunMetrics
 from deepkmeans.job.run import run
+from deepkmeans.results import RunFiles, RunMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "frontier" / "lenet5_165x_base.yaml"

@@ -81,7 +81,11 @@ class SharedWeight(nn.Module):
 
     @torch.no_grad()
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
-        """The centers closest to ``weight`` for the fixed assignments: each cluster's mean row."""
+        """The centers closest to ``weight`` for the fixed assignments: each cluster's mean row (zero for a cluster
+        with no row), so ``forward(right_inverse(w)) == w`` for every weight the layer can represent.
+
+        Torch calls it when a weight is assigned (``module.weight = w`` sets the centers) and on registration,
+        where it gives the centers their ``(K, d)`` shape before :func:`share_` writes the given ones."""
         rows = to_rows(weight, self.d)
         index = self.assignments.long()
         sums = rows.new_zeros(self.K, rows.shape[1]).index_add_(0, index, rows)

@@ -25,6 +25,7 @@ from deepkmeans.data import Batches
 from deepkmeans.errors import ConfigError
 from deepkmeans.lifecycle import compress
 from deepkmeans.measure import Measurement, measure
+from deepkmeans.results import RunFiles, RunMetrics
 
 P_MAX = 0.99
 
@@ -169,8 +170,6 @@ def _measure(
 
 def run_points(run_dir: str | Path) -> list[SweepPoint]:
     """The compressed models of a ``deepkmeans run`` folder as points (measured there, read from its metrics)."""
-    from deepkmeans.job.results import RunFiles, RunMetrics
-
     metrics = RunMetrics.read(RunFiles(Path(run_dir)))
     layers = metrics.config.get("compress", {}).get("layers", {})
     return [

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from deepkmeans import CompressConfig, LayerSpec, compress, materialize, shared_layers
+from deepkmeans.cluster.rows import from_rows
 from deepkmeans.shared import index_dtype, share_
 
 LAYERS = [
@@ -98,3 +99,25 @@ def test_index_dtype_is_the_narrowest() -> None:
     layer = nn.Linear(300, 4)
     share_(layer, torch.randn(300, 1), torch.arange(1200) % 300)
     assert layer.parametrizations.weight[0].assignments.dtype == torch.int16
+
+
+def test_assigning_a_weight_sets_each_center_to_its_cluster_mean_row() -> None:
+    """``layer.weight = w`` goes through ``SharedWeight.right_inverse``: the centers closest to ``w`` with the
+    assignments fixed. A weight the layer can represent comes back exactly; an empty cluster's center is zero."""
+    layer = nn.Linear(4, 3)  # weight (3, 4): six rows of d = 2
+    assignments = torch.tensor([0, 0, 1, 1, 0, 1])  # cluster 2 holds no row
+    share_(layer, torch.zeros(3, 2), assignments)
+    (shared,) = shared_layers(nn.Sequential(layer)).values()
+    centers = shared.centers
+
+    representable = from_rows(torch.tensor([[1.0, 2.0], [3.0, -4.0]])[assignments], (3, 4))
+    layer.weight = representable
+    assert shared_layers(nn.Sequential(layer))["0"].centers is centers  # the optimizer's Parameter, updated
+    assert torch.equal(centers, torch.tensor([[1.0, 2.0], [3.0, -4.0], [0.0, 0.0]]))
+    assert torch.equal(layer.weight, representable)
+
+    rows = torch.tensor([[1.0, 2.0], [3.0, 4.0], [10.0, 0.0], [20.0, 2.0], [5.0, 6.0], [0.0, -2.0]])
+    layer.weight = from_rows(rows, (3, 4))
+    # cluster 0: rows 0, 1, 4 -> ((1 + 3 + 5) / 3, (2 + 4 + 6) / 3); cluster 1: rows 2, 3, 5 -> (30 / 3, 0 / 3)
+    assert torch.equal(centers, torch.tensor([[3.0, 4.0], [10.0, 0.0], [0.0, 0.0]]))
+    assert torch.equal(shared.assignments, assignments.to(torch.uint8))

@@ -1,5 +1,6 @@
 """deepkmeans tune: per-layer K / p / d for a target on validation data; center fine-tuning keeps the file size."""
 
+import math
 import warnings
 from pathlib import Path
 
@@ -10,14 +11,13 @@ from torch import nn
 import deepkmeans.tuning as tune_module
 from deepkmeans.accounting import account
 from deepkmeans.cli import main
-from deepkmeans.codec import model_file
 from deepkmeans.config import CompressConfig, LayerSpec, load_config
 from deepkmeans.data import Batches, load_splits
-from deepkmeans.errors import ConfigError, PlanWarning
+from deepkmeans.errors import ConfigError, DeepKMeansError, PlanWarning
 from deepkmeans.files.checkpoints import load_checkpoint
-from deepkmeans.files.models import load_model_file
-from deepkmeans.job.results import RunFiles, RunMetrics
+from deepkmeans.files.models import load_compressed, load_model_file
 from deepkmeans.lifecycle import compress
+from deepkmeans.results import RunFiles, RunMetrics
 from deepkmeans.train import evaluate
 from deepkmeans.tuning import Candidate, Grid, allocate, linear_row_lengths, tune
 from tests.conftest import make_mnist_dir
@@ -110,7 +110,7 @@ def test_center_finetuning_keeps_assignments_and_file_size(tmp_path: Path) -> No
     for stage in metrics.stages:
         assert stage.val_acc == evaluate(load_model_file(run / stage.file).model, val, torch.device("cpu"))[1]
     assert "validation accuracy" in (run / "report.md").read_text()
-    before, after = model_file.load(run / "model.dkm"), model_file.load(run / "finetuned.dkm")
+    before, after = load_compressed(run / "model.dkm"), load_compressed(run / "finetuned.dkm")
     assert (run / "model.dkm").stat().st_size == (run / "finetuned.dkm").stat().st_size
     for name, code in before.layers.items():
         assert torch.equal(code.assignments, after.layers[name].assignments)
@@ -189,3 +189,48 @@ def test_a_target_beyond_reach_is_refused_before_any_candidate_is_measured(monke
     top = tune_module.reachable_cr(model)
     with pytest.raises(ConfigError, match=rf"candidates reach at most {top:.1f}x on this model"):
         tune(model, val, torch.device("cpu"), target_cr=1.01 * top, progress=False)
+
+
+def _threshold_attempt(holds_up_to: float, tried: list[float]):
+    """A joint check whose accuracy holds (drop 0) up to ``holds_up_to`` and drops 10 points above it."""
+
+    def attempt(cr: float) -> tune_module.JointCheck:
+        tried.append(cr)
+        return tune_module.JointCheck({}, None, 0.0, 0.9 if cr <= holds_up_to else 0.8, cr)
+
+    return attempt
+
+
+def test_max_drop_search_bisects_between_the_last_grid_ratio_that_held_and_the_next() -> None:
+    # Grid: 1024^(i/12) = 2^(10 i / 12). With the threshold at 2^(70/12 + 0.65 * 10/12), ratios 2^(70/12) (i = 7)
+    # and below hold, 2^(80/12) does not. Four geometric bisections between them, in units of 10/12 of an octave
+    # above 2^(70/12): 1/2 holds, 3/4 fails, 5/8 holds, 11/16 fails; the answer is 5/8.
+    octave = 10 / 12
+    tried: list[float] = []
+    best = tune_module._largest_within(_threshold_attempt(2 ** (7 * octave + 0.65 * octave), tried), 0.9, 5.0, None)
+    assert best.paper_cr == pytest.approx(2 ** (7 * octave + 5 / 8 * octave))
+    steps = [math.log2(cr) / octave - 7 for cr in tried[12:]]
+    assert steps == pytest.approx([1 / 2, 3 / 4, 5 / 8, 11 / 16])
+    assert [math.log2(cr) / octave for cr in tried[:12]] == pytest.approx(list(range(1, 13)))
+
+
+def test_max_drop_search_takes_the_largest_ratio_that_held_even_above_one_that_failed() -> None:
+    # Not monotone: 2^(10/12 * 3) fails but 2^(10/12 * 5) and below it hold; nothing above that. The drop bound is
+    # inclusive (a drop of exactly max_drop holds), and a target (here 64) tops the grid instead of 1024.
+    octave = 6 / 12
+    accs = {3: 0.5, 5: 0.96875}  # a drop of 3.125 points at step 5: exact in binary
+
+    def attempt(cr: float) -> tune_module.JointCheck:
+        step = round(math.log2(cr) / octave, 6)
+        if step == 7:
+            raise DeepKMeansError("nothing fits")
+        acc = accs.get(step, 1.0 if step <= 5 else 0.5)
+        return tune_module.JointCheck({}, None, 0.0, acc, cr)
+
+    best = tune_module._largest_within(attempt, 1.0, 3.125, 64.0)
+    # between step 5 (held, drop 3.125) and step 6 (failed): bisections at 5.5 (fails) 5.25, 5.125, 5.0625 (fail)
+    assert best.paper_cr == pytest.approx(2 ** (5 * octave))
+    top = tune_module._largest_within(lambda cr: tune_module.JointCheck({}, None, 0.0, 0.9, cr), 0.9, 0.0, 64.0)
+    assert top.paper_cr == pytest.approx(64.0)  # the target held: nothing to bisect above it
+    with pytest.raises(DeepKMeansError, match="within 1.0 points"):
+        tune_module._largest_within(lambda cr: tune_module.JointCheck({}, None, 0.0, 0.5, cr), 0.9, 1.0, 64.0)

@@ -16,6 +16,7 @@ from deepkmeans.cli import main
 from deepkmeans.codec import model_file
 from deepkmeans.errors import DeepKMeansError, FormatError, PlanWarning
 from deepkmeans.files.checkpoints import save_checkpoint
+from deepkmeans.files.models import load_compressed
 
 
 class AttentionNet(nn.Module):
@@ -82,7 +83,7 @@ def test_tied_weights_are_shared_stored_and_counted_once(tmp_path: Path) -> None
     assert [la.name for la in acc.layers] == ["emb", "mlp"] and acc.layers[0].note == "tied with out"
     path = tmp_path / "lm.dkm"
     size = save(shared, path)
-    cm = model_file.load(path)
+    cm = load_compressed(path)
     assert list(cm.layers) == ["emb", "mlp"] and cm.layers["emb"].tied == ("out",)
     assert size < 200 * 16 * 4 / 4  # one coded copy, not two
     i = torch.randint(0, 200, (2, 7))
@@ -100,7 +101,7 @@ def test_dense_tied_weights_are_stored_once(tmp_path: Path) -> None:
     shared = compress(model, CompressConfig(layers={"0": None}))
     path = tmp_path / "t.dkm"
     size = save(shared, path)
-    assert size < 64 * 64 * 4 * 1.5 and model_file.load(path).aliases == {"1.weight": "0.weight"}
+    assert size < 64 * 64 * 4 * 1.5 and load_compressed(path).aliases == {"1.weight": "0.weight"}
     loaded = load(path, model=nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64)))
     assert torch.equal(loaded[1].weight, model[0].weight)
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from pathlib import Path
 from typing import Any
 
 import safetensors.torch
@@ -68,17 +67,3 @@ def unpack(data: bytes, source: str = "<bytes>") -> tuple[dict[str, Any], dict[s
     if not isinstance(meta, dict):
         raise FormatError(f"{source}: malformed metadata")
     return meta, tensors
-
-
-def read_file(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor], int]:
-    """Read and parse a container file: (metadata, tensors, file size in bytes)."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FormatError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise FormatError(f"{path}: is a directory, not a compressed file") from None
-    except OSError as exc:
-        raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
-    return (*unpack(data, str(path)), len(data))

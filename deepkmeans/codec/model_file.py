@@ -1,23 +1,22 @@
-"""A compressed model as data (shared layers + the rest of the state dict) and its file form.
+"""A compressed model as data (shared layers + the rest of the state dict) and its file form, as bytes.
 
-Knows tensors, not ``torch.nn``: rebuilding a runnable module is the files layer's job.
+Knows tensors and bytes, not ``torch.nn`` or paths: reading and writing files and rebuilding a runnable module
+are the files layer's job.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from deepkmeans.cluster import narrow
-from deepkmeans.codec.container import FORMAT_VERSION, pack, read_file, unpack
+from deepkmeans.codec.container import FORMAT_VERSION, pack, unpack
 from deepkmeans.codec.entropy import decode_indexes, encode_indexes
 from deepkmeans.errors import DeepKMeansError, FormatError
-from deepkmeans.files.atomic import write_atomic
 
 CENTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # 16-bit values: float16, or bfloat16 for a bfloat16 layer
@@ -284,16 +283,3 @@ def _decode(meta: dict[str, Any], tensors: dict[str, torch.Tensor], source: str,
             raise FormatError(f"{source}: alias {alias!r} -> {target!r} names no tensor of the file or repeats one")
     cm.aliases = dict(aliases)
     return cm
-
-
-def save(cm: CompressedModel, path: str | Path) -> int:
-    """Write the compressed file atomically; returns its size in bytes."""
-    data = to_bytes(cm)
-    write_atomic(path, data)
-    return len(data)
-
-
-def load(path: str | Path, max_weights: int | None = None) -> CompressedModel:
-    """Read a compressed file written by :func:`save`; ``max_weights`` overrides the default expansion bound."""
-    meta, tensors, size = read_file(path)
-    return _decode(meta, tensors, str(path), max_weights or weight_limit(size))

@@ -18,7 +18,7 @@ from deepkmeans.codec import model_file
 from deepkmeans.codec.container import MAGIC
 from deepkmeans.codec.model_file import CompressedModel, LayerCode
 from deepkmeans.errors import ConfigError, DeepKMeansError, FormatError
-from deepkmeans.files.atomic import check_writable
+from deepkmeans.files.atomic import check_writable, write_atomic
 from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.models import MODELS, build_model, model_info
 from deepkmeans.shared import share_, shared_layers, shared_state_keys
@@ -78,7 +78,7 @@ def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None,
     check_writable(path)
     cm = to_compressed(model, meta)
     _check_named(cm, meta.get("name"), name is not None)
-    return model_file.save(cm, path)
+    return save_compressed(cm, path)
 
 
 def _check_named(cm: CompressedModel, name: Any, required: bool) -> None:
@@ -91,9 +91,26 @@ def _check_named(cm: CompressedModel, name: Any, required: bool) -> None:
         raise ConfigError(f"name={name!r}: the model is not a {name} ({misfit})")
 
 
+def save_compressed(cm: CompressedModel, path: str | Path) -> int:
+    """Write a compressed model's data form to ``path`` atomically; returns the file's size in bytes."""
+    data = model_file.to_bytes(cm)
+    write_atomic(path, data)
+    return len(data)
+
+
 def load_compressed(path: str | Path, max_weights: int | None = None) -> CompressedModel:
-    """Read a compressed file into its data form (centers, assignments, other tensors)."""
-    return model_file.load(path, max_weights)
+    """Read a compressed file into its data form (centers, assignments, other tensors); ``max_weights``
+    overrides the bound on the shared weights it may declare (by default, from the file's size)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise FormatError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise FormatError(f"{path}: is a directory, not a compressed file") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: cannot read ({exc.strerror})") from None
+    return model_file.from_bytes(data, str(path), max_weights)
 
 
 def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:

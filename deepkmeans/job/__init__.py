@@ -1,2 +1,2 @@
-"""A run of the tool: its stages (``stages``), the main job that chains them into a run folder (``run``), that
-folder's files and typed metrics (``results``), and the command line's verbs on files (``commands``)."""
+"""A run of the tool: its stages (``stages``), the main job that chains them into a run folder (``run``, whose
+files and metrics ``deepkmeans.results`` defines) and the command line's verbs on files (``commands``)."""

@@ -13,7 +13,6 @@ from deepkmeans.energy.report import plot_breakdown
 from deepkmeans.energy.torch_layers import estimate_energy
 from deepkmeans.files.atomic import check_writable
 from deepkmeans.files.models import load_model_file
-from deepkmeans.job.results import DenseMetrics, EnergyLayer, EnergySummary, RunFiles, RunMetrics, StageMetrics
 from deepkmeans.job.stages import (
     check_plan,
     checkpoint_meta,
@@ -31,6 +30,7 @@ from deepkmeans.measure import measure
 from deepkmeans.models import build_model, model_info
 from deepkmeans.report.markdown import write_report
 from deepkmeans.report.tables import layer_table, ratio_summary
+from deepkmeans.results import DenseMetrics, EnergyLayer, EnergySummary, RunFiles, RunMetrics, StageMetrics
 from deepkmeans.train import EpochLog, evaluate
 
 QUICK_LIMIT = 6000

@@ -21,9 +21,9 @@ from deepkmeans.errors import DeepKMeansError
 from deepkmeans.files.atomic import write_atomic
 from deepkmeans.files.checkpoints import load_checkpoint
 from deepkmeans.files.models import load_compressed, rebuild
-from deepkmeans.job.results import RunFiles, RunMetrics, StageMetrics
 from deepkmeans.report import plots
 from deepkmeans.report.tables import layer_table, ratio_summary
+from deepkmeans.results import RunFiles, RunMetrics, StageMetrics
 
 FILTER_LAYERS = 2  # the first conv layers drawn, as in the paper's filter figure
 

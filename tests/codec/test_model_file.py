@@ -6,7 +6,6 @@ import torch
 from torch import nn
 
 from deepkmeans import compress, load, materialize, save
-from deepkmeans.codec import model_file
 from deepkmeans.codec.container import HEADER_SIZE, MAGIC, pack, unpack
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
@@ -159,7 +158,7 @@ def test_golden_bytes(tmp_path: Path) -> None:
     if os.environ.get("DEEPKMEANS_WRITE_GOLDEN") == "1":
         GOLDEN.write_bytes(path.read_bytes())
     assert path.read_bytes() == GOLDEN.read_bytes()
-    cm = model_file.load(GOLDEN)
+    cm = load_compressed(GOLDEN)
     assert cm.model == {"name": "tiny", "dataset": "none"}
     assert cm.layers["conv"].assignments.tolist() == [0, 1, 1, 0, 0, 1]
     assert cm.layers["fc"].centers.tolist() == [[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]
@@ -232,7 +231,7 @@ def test_golden_bytes_narrow_format_3(tmp_path: Path) -> None:
     assert tensors["shared/fc/centers"].tolist() == [[3, 1], [6, 4], [0, 2]]
     assert tensors["shared/fc/bias"].tolist() == [4, 13]
     assert tensors["shared/conv/centers"].dtype == torch.float16 and meta["layers"]["conv"]["bits"] == 16
-    cm = model_file.load(GOLDEN_V3)
+    cm = load_compressed(GOLDEN_V3)
     assert cm.layers["fc"].centers.tolist() == [[0.5, -0.5], [2.0, 1.0], [-1.0, 0.0]]
     assert cm.layers["fc"].bias.tolist() == [-2.0, 0.25]
     expected = materialize(_golden_narrow_model())

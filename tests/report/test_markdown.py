@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 
 from deepkmeans.cli import main
-from deepkmeans.codec import model_file
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.job.results import RunFiles, RunMetrics
+from deepkmeans.files.models import load_compressed, save_compressed
 from deepkmeans.report.markdown import hardness_history, write_report
+from deepkmeans.results import RunFiles, RunMetrics
 from tests.conftest import make_mnist_dir
 from tests.report.test_plots import assert_png
 from tests.test_cli import _config
@@ -90,9 +90,9 @@ def test_report_without_retraining(run_dir: Path, tmp_path: Path) -> None:
 def test_report_for_an_architecture_it_cannot_rebuild(run_dir: Path, tmp_path: Path) -> None:
     run = _copy(run_dir, tmp_path)
     for name in ("no_retrain.dkm", "model.dkm"):
-        cm = model_file.load(run / name)
+        cm = load_compressed(run / name)
         cm.model = {"name": "my_net", "dataset": "mnist"}
-        model_file.save(cm, run / name)
+        save_compressed(cm, run / name)
 
     text = write_report(run).read_text()
     assert "Per-layer table and memory chart skipped: the architecture could not be rebuilt" in text

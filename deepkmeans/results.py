@@ -1,4 +1,6 @@
-"""A run folder of ``deepkmeans run``: its file names, defined once, and its typed ``metrics.json``."""
+"""A run folder of ``deepkmeans run``: its file names, defined once, and its typed ``metrics.json``.
+
+Below ``job`` (which writes it) and ``report`` (which reads it), so that neither reaches into the other."""
 
 from __future__ import annotations
 
