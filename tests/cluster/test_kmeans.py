@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 
 import numpy as np
@@ -279,3 +280,32 @@ def test_sampled_path_is_within_half_a_percent_of_full_lloyd() -> None:
     full_inertia = float((centered - full[torch.cdist(centered, full).argmin(dim=1)]).square().sum())
     assert sampled.inertia <= 1.005 * full_inertia
     assert direct_inertia(rows, sampled) == pytest.approx(sampled.inertia, rel=1e-9)
+
+
+# Results of the exact path as of the introduction of the fast path (sha256 of the centers' then the
+# assignments' bytes, and the inertia's float.hex): centers and assignments must not move by a bit. The inertia
+# is a sum whose order depends on the BLAS threads (numpy's for d = 1), so it is pinned to 1e-12. The k-means++
+# draws depend on float32 GEMM rounding, so a BLAS that rounds differently may move the digests.
+EXACT_PATH_GOLDEN = [
+    ((40_000, 3, 8, 0), "1bc568d4d9197300", "0x1.b023f28fe2f02p+4"),
+    ((6_000, 9, 24, 1), "5824b53a6bbda73c", "0x1.1d6ca0c97fc8bp+4"),
+    ((20_000, 1, 12, 2), "7672d8836b653889", "0x1.371d91a5efe14p-2"),
+    ((3_000, 2, 40, 3), "28a726be8bc84e42", "0x1.823ee4ce75ae0p-3"),
+]
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("case,digest,inertia", EXACT_PATH_GOLDEN)
+def test_exact_path_is_bit_identical_to_its_golden_results(one_thread, case, digest: str, inertia: str) -> None:
+    n, d, k, data_seed = case
+    result = kmeans(_heavy_tailed(n, d, data_seed), k, seed=5)
+    bytes_ = result.centers.numpy().tobytes() + result.assignments.numpy().tobytes()
+    assert hashlib.sha256(bytes_).hexdigest()[:16] == digest
+    assert result.inertia == pytest.approx(float.fromhex(inertia), rel=1e-12)
