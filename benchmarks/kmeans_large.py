@@ -1,18 +1,23 @@
-"""k-means on large layers: ours vs scikit-learn and faiss-cpu, time, peak memory and inertia, in one run.
+"""k-means on large layers: our exact and fast paths beside faiss-cpu, time, peak memory and inertia.
 
-Workloads (synthetic weights: Kaiming scale with a Student-t tail, df = 6, fixed seed):
-  resnet50-3x3    7.7M rows of d = 3 (ResNet-50's 23M conv weights as kernel rows), K = 32 and 256
-  linear4096-d1   a 4096 x 4096 Linear as 16.8M scalars, K = 16 and 256
-  linear4096-d4   the same Linear as 4.2M rows of d = 4, K = 256
-Every (workload, library) runs in a fresh process, so its peak resident memory is its own (minus the
-process's baseline, measured before the data exists). Inertia is recomputed the same way for all three:
-the exact float64 distance of every row to its nearest returned center. Libraries run with their defaults:
-ours (k-means++ on growing samples, Lloyd on all rows to a 1e-6 relative improvement, at most 100 passes),
-scikit-learn ``KMeans(n_init=1)`` (Lloyd to its own tolerance, at most 300 iterations) and faiss
-``Kmeans`` (25 iterations on a sample of at most 256 rows per center, then one assignment pass).
+Rows are synthetic weights (Kaiming scale, Student-t tail with df = 6, seed 0), N x d for every ``--shape``
+and K for every ``--k``. Every (shape, K, library) runs in a fresh process, so its peak resident memory is
+its own (over the process's baseline before the data exists, less the data). Each library does the whole
+job a compression needs, centers and the center of every row:
 
-    pip install faiss-cpu scikit-learn
-    python benchmarks/kmeans_large.py [--threads 2] [--only resnet50-3x3] [--k 256] [--skip sklearn]
+  exact    ``kmeans(rows, K)`` (k-means++ on growing samples, Lloyd on all rows to a 1e-6 improvement)
+  fast     ``kmeans(rows, K, fast=True)`` (trained on 256 rows per center, then every row assigned exactly)
+  faiss    ``faiss.Kmeans(d, K, niter=25, seed=0).train(rows)`` then ``index.search(rows, 1)``: train and
+           assignment of every row are timed together (the parts are printed too)
+  sklearn  ``KMeans(n_clusters=K, n_init=1)`` (on request: minutes per workload)
+
+Inertia is recomputed the same way for all: float64 squared distance of each row to the center its library
+assigned it. ``--device cuda`` adds our two paths on the GPU (rows moved there before the clock starts); the
+column is skipped, with the reason, when torch sees no GPU.
+
+    pip install faiss-cpu [scikit-learn]
+    OMP_NUM_THREADS=1 python benchmarks/kmeans_large.py [--threads 1] [--shape 1500000x3 ...] [--k 256 ...]
+        [--libs exact,fast,faiss] [--device cuda] [--repeat 1]
 """
 
 from __future__ import annotations
@@ -27,98 +32,143 @@ import time
 import numpy as np
 import torch
 
-WORKLOADS = {
-    "resnet50-3x3": ((7_700_000, 3), (32, 256)),
-    "linear4096-d1": ((4096 * 4096, 1), (16, 256)),
-    "linear4096-d4": ((4096 * 1024, 4), (256,)),
-}
-LIBRARIES = ("ours", "sklearn", "faiss")
+SHAPES = [f"{n}x{d}" for n in (1_000_000, 8_000_000) for d in (1, 3, 4, 9, 18)] + ["1500000x3"]
+KS = (16, 256)
+LIBRARIES = ("exact", "fast", "faiss", "sklearn")
 
 
 def _rows(n: int, d: int) -> np.ndarray:
-    """Kaiming-scale rows with a Student-t tail (df = 6), the same for every library."""
+    """Kaiming-scale rows with a Student-t tail (df = 6), the same for every library. Drawn in chunks (the same
+    values as one draw), so no float64 copy of all rows raises the process's peak memory."""
     rng = np.random.default_rng(0)
     df = 6.0
-    return (rng.standard_t(df, size=(n, d)) * np.sqrt((df - 2) / df) * 0.02).astype(np.float32)
+    out = np.empty((n, d), dtype=np.float32)
+    for start in range(0, n, 1 << 16):
+        chunk = rng.standard_t(df, size=(min(1 << 16, n - start), d))
+        out[start : start + chunk.shape[0]] = chunk * np.sqrt((df - 2) / df) * 0.02
+    return out
 
 
-def _inertia(rows: np.ndarray, centers: np.ndarray) -> float:
-    """Exact float64 squared distance of every row to its nearest center, in blocks."""
-    x = torch.from_numpy(rows)
-    c = torch.from_numpy(np.asarray(centers, dtype=np.float64))
+def _inertia(rows: np.ndarray, centers: np.ndarray, assignments: np.ndarray) -> float:
+    """float64 squared distance of every row to its assigned center, in blocks."""
+    c = np.asarray(centers, dtype=np.float64)
     total = 0.0
-    for start in range(0, x.shape[0], 1 << 16):
-        block = x[start : start + (1 << 16)].double()
-        total += float(torch.cdist(block, c).square_().min(dim=1).values.sum())
+    for start in range(0, rows.shape[0], 1 << 20):
+        block = rows[start : start + (1 << 20)].astype(np.float64)
+        total += float(np.square(block - c[assignments[start : start + (1 << 20)]]).sum())
     return total
 
 
-def _fit(lib: str, rows: np.ndarray, k: int) -> np.ndarray:
-    if lib == "ours":
+def _fit(lib: str, rows: np.ndarray, k: int, device: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(centers, assignments, extra timings) of one library."""
+    if lib in ("exact", "fast"):
         from deepkmeans.cluster.kmeans import kmeans
 
-        return kmeans(torch.from_numpy(rows), k, seed=0).centers.numpy()
+        x = torch.from_numpy(rows).to(device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = kmeans(x, k, seed=0, fast=lib == "fast")
+        if device == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+        return result.centers.cpu().numpy(), result.assignments.cpu().numpy(), {"seconds": seconds}
     if lib == "sklearn":
         from sklearn.cluster import KMeans
 
-        return KMeans(n_clusters=k, n_init=1, random_state=0).fit(rows).cluster_centers_
+        start = time.perf_counter()
+        fitted = KMeans(n_clusters=k, n_init=1, random_state=0).fit(rows)
+        return fitted.cluster_centers_, fitted.labels_, {"seconds": time.perf_counter() - start}
     import faiss
 
+    start = time.perf_counter()
     km = faiss.Kmeans(rows.shape[1], k, niter=25, seed=0)
     km.train(rows)
-    return km.centroids
+    trained = time.perf_counter()
+    _, labels = km.index.search(rows, 1)
+    done = time.perf_counter()
+    return km.centroids, labels[:, 0], {"seconds": done - start, "train": trained - start, "assign": done - trained}
 
 
-def _child(workload: str, k: int, lib: str, threads: int) -> None:
-    from threadpoolctl import threadpool_limits
-
+def _child(shape: str, k: int, lib: str, threads: int, device: str, repeat: int) -> None:
     torch.set_num_threads(threads)
     if lib == "faiss":
         import faiss
 
         faiss.omp_set_num_threads(threads)
+    else:  # imported before the baseline, as faiss is: the library's own code is not the run's memory
+        import deepkmeans.cluster.kmeans  # noqa: F401
+    from threadpoolctl import threadpool_limits
+
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    (n, d), _ = WORKLOADS[workload]
+    n, d = map(int, shape.split("x"))
     rows = _rows(n, d)
+    best = None
     with threadpool_limits(limits=threads):
-        start = time.perf_counter()
-        centers = _fit(lib, rows, k)
-        seconds = time.perf_counter() - start
+        for _ in range(repeat):
+            centers, assignments, times = _fit(lib, rows, k, device)
+            if best is None or times["seconds"] < best[2]["seconds"]:
+                best = (centers, assignments, times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    print(json.dumps({"seconds": seconds, "peak": peak, "data": rows.nbytes, "inertia": _inertia(rows, centers)}))
+    centers, assignments, times = best
+    report = {"peak": peak, "data": rows.nbytes, "inertia": _inertia(rows, centers, assignments)} | times
+    print(json.dumps(report))
+
+
+def _cuda_reason() -> str:
+    """Why the CUDA column cannot run here ('' when it can)."""
+    if not torch.cuda.is_available():
+        return f"torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False)"
+    return ""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--only", choices=sorted(WORKLOADS), action="append", help="run only these workloads")
-    parser.add_argument("--skip", choices=LIBRARIES[1:], action="append", default=[], help="leave a peer out")
-    parser.add_argument("--k", type=int, action="append", help="run only these K")
-    parser.add_argument("--child", nargs=3, metavar=("WORKLOAD", "K", "LIB"), help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--shape", action="append", help="N x d of the rows, e.g. 1500000x3 (repeatable)")
+    parser.add_argument("--k", type=int, action="append", help="centers (repeatable; default 16 and 256)")
+    parser.add_argument("--libs", default="exact,fast,faiss", help=f"comma-separated, of {', '.join(LIBRARIES)}")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda: add our paths on the GPU")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell in its process; the fastest counts")
+    parser.add_argument("--child", nargs=4, metavar=("SHAPE", "K", "LIB", "DEVICE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.child[0], int(args.child[1]), args.child[2], args.threads)
+        shape, k, lib, device = args.child
+        _child(shape, int(k), lib, args.threads, device, args.repeat)
         return
-    libs = [lib for lib in LIBRARIES if lib not in args.skip]
-    print(f"{args.threads} threads per library; torch {torch.__version__}")
-    print("| workload | rows x d | K | library | time | vs ours | peak memory over the data | inertia vs ours |")
-    print("|---|---|---|---|---|---|---|---|")
-    for workload in args.only or WORKLOADS:
-        (n, d), ks = WORKLOADS[workload]
-        for k in [k for k in ks if not args.k or k in args.k]:
-            results = {}
-            for lib in libs:
-                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--child", workload, str(k), lib]
-                done = subprocess.run(cmd, capture_output=True, text=True)
+    libs = [lib.strip() for lib in args.libs.split(",")]
+    unknown = sorted(set(libs) - set(LIBRARIES))
+    if unknown:
+        parser.error(f"unknown --libs {', '.join(unknown)}; valid: {', '.join(LIBRARIES)}")
+    cells = [(lib, "cpu") for lib in libs]
+    if args.device == "cuda":
+        reason = _cuda_reason()
+        if reason:
+            print(f"cuda column skipped: {reason}")
+        else:
+            cells += [(lib, "cuda") for lib in libs if lib in ("exact", "fast")]
+    print(f"{args.threads} thread(s) per library; torch {torch.__version__}; best of {args.repeat}")
+    print("| rows x d | K | library | time | vs faiss | peak memory over the data | inertia vs faiss |")
+    print("|---|---|---|---|---|---|---|")
+    for shape in args.shape or SHAPES:
+        for k in args.k or KS:
+            faiss_result = None
+            for lib, device in sorted(cells, key=lambda cell: cell[0] != "faiss"):
+                cmd = [sys.executable, __file__, "--threads", str(args.threads), "--repeat", str(args.repeat)]
+                done = subprocess.run([*cmd, "--child", shape, str(k), lib, device], capture_output=True, text=True)
+                name = lib if device == "cpu" else f"{lib} (cuda)"
                 if done.returncode != 0:
-                    print(f"| {workload} | {n} x {d} | {k} | {lib} | failed: {done.stderr.strip()[-200:]} |||")
+                    print(f"| {shape} | {k} | {name} | failed: {done.stderr.strip()[-200:]} ||||", flush=True)
                     continue
-                results[lib] = r = json.loads(done.stdout.strip().splitlines()[-1])
-                ours = results.get("ours", r)
-                speed = f"{r['seconds']:.1f} s | {r['seconds'] / ours['seconds']:.2f}x"
+                r = json.loads(done.stdout.strip().splitlines()[-1])
+                faiss_result = r if lib == "faiss" else faiss_result
+                ref = faiss_result or r
+                seconds = f"{r['seconds']:.2f} s"
+                if lib == "faiss":
+                    seconds += f" ({r['train']:.2f} + {r['assign']:.2f})"
                 memory = f"{(r['peak'] - r['data']) / 2**20:.0f} MiB (data {r['data'] / 2**20:.0f} MiB)"
-                inertia = f"{r['inertia'] / ours['inertia']:.4f}"
-                print(f"| {workload} | {n} x {d} | {k} | {lib} | {speed} | {memory} | {inertia} |", flush=True)
+                ratio = f"{r['seconds'] / ref['seconds']:.2f}x | {memory} | {r['inertia'] / ref['inertia']:.4f}"
+                print(f"| {shape} | {k} | {name} | {seconds} | {ratio} |", flush=True)
 
 
 if __name__ == "__main__":

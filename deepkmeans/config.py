@@ -21,6 +21,7 @@ from deepkmeans.errors import ConfigError
 METHODS = ("none", "spectral", "kmeans")
 OPTIMIZERS = ("sgd", "adam")
 APPLY = ("loss", "gradient")
+KMEANS_PATHS = ("auto", "exact", "fast")
 
 
 def _require(ok: bool, path: str, message: str, value: Any) -> None:
@@ -48,7 +49,9 @@ class LayerSpec:
     ``bits``: the width the centers and the layer's bias are stored at (32; 16: float16; 8: an 8-bit grid per
     tensor). ``beta``: rate-aware assignment (entropy-constrained k-means): each row goes to the center that
     minimizes its squared error, relative to the layer's mean squared deviation, plus ``beta`` times the bits
-    of that center's index; 0 is plain k-means.
+    of that center's index; 0 is plain k-means. ``kmeans``: 'exact' (k-means++ and Lloyd on all rows), 'fast'
+    (centers from a sample, then one exact assignment of every row: minutes less on layers of millions of rows,
+    a few percent more error) or 'auto' (fast from ``FAST_MIN_ROWS`` rows; docs/kmeans.md).
     """
 
     K: int
@@ -56,6 +59,7 @@ class LayerSpec:
     d: int | None = None
     bits: int = 32
     beta: float = 0.0
+    kmeans: str = "auto"
 
     def __post_init__(self) -> None:
         _require(_is_int(self.K) and self.K >= 1, "K", "must be an integer >= 1", self.K)
@@ -63,6 +67,13 @@ class LayerSpec:
         _require(self.d is None or (_is_int(self.d) and self.d >= 1), "d", "must be an integer >= 1", self.d)
         _require(self.bits in (32, 16, 8) and _is_int(self.bits), "bits", "must be 32, 16 or 8", self.bits)
         _require(_is_number(self.beta) and self.beta >= 0, "beta", "must be a finite number >= 0", self.beta)
+        paths = ", ".join(KMEANS_PATHS)
+        _require(
+            self.kmeans in KMEANS_PATHS and isinstance(self.kmeans, str),
+            "kmeans",
+            f"must be one of {paths}",
+            self.kmeans,
+        )
         object.__setattr__(self, "p", float(self.p))
         object.__setattr__(self, "beta", float(self.beta))
 

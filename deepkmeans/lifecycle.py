@@ -171,7 +171,9 @@ class DeepKMeans:
             rows = to_rows(weight.detach().to("cpu", torch.float32), spec.d)
             weights = None if importance is None else to_rows(importance.to("cpu", torch.float32), spec.d)
             seed = self.plan.shared[name].seed
-            clustering = cluster_rows(rows, spec.K, spec.p, seed=seed, beta=spec.beta, importance=weights)
+            clustering = cluster_rows(
+                rows, spec.K, spec.p, seed=seed, beta=spec.beta, importance=weights, fast=spec.fast
+            )
             cached = (key, clustering)
             self._clusterings[name] = cached
         return cached[1]

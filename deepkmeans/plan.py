@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepkmeans.cluster.kmeans import FAST_MIN_ROWS
 from deepkmeans.cluster.rows import check_row_length, default_row_length, num_rows
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import ConfigError
@@ -44,13 +45,19 @@ except AttributeError:  # pragma: no cover - older torch
 class ResolvedSpec:
     """A layer's sharing target after defaults (spelled as in :class:`LayerSpec`): K, sparsity p and row length d
     are all concrete; ``bits`` is the
-    width of its stored centers and bias, ``beta`` the weight of rate-aware assignment (0: plain k-means)."""
+    width of its stored centers and bias, ``beta`` the weight of rate-aware assignment (0: plain k-means),
+    ``kmeans`` the k-means path, 'exact' or 'fast' ('auto' resolved by the layer's row count)."""
 
     K: int
     p: float
     d: int
     bits: int = 32
     beta: float = 0.0
+    kmeans: str = "exact"
+
+    @property
+    def fast(self) -> bool:
+        return self.kmeans == "fast"
 
 
 @dataclass(frozen=True)
@@ -224,4 +231,5 @@ def _resolve(module: nn.Module, shape: tuple[int, ...], spec: LayerSpec, where: 
     n = num_rows(shape, d)
     if spec.K >= n:
         return None, f"left dense: K={spec.K} >= its {n} rows of length {d}, so sharing would save nothing"
-    return ResolvedSpec(spec.K, float(spec.p), d, spec.bits, spec.beta), ""
+    path = spec.kmeans if spec.kmeans != "auto" else ("fast" if n >= FAST_MIN_ROWS else "exact")
+    return ResolvedSpec(spec.K, float(spec.p), d, spec.bits, spec.beta, path), ""

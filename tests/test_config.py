@@ -91,6 +91,8 @@ def test_roundtrip_through_yaml() -> None:
         (lambda: LayerSpec(K=True), "K must be an integer"),
         (lambda: LayerSpec(K=4, p=2.0), "p must be a number in \\[0, 1\\), got 2.0"),
         (lambda: LayerSpec(K=4, d=0), "d must be an integer >= 1"),
+        (lambda: LayerSpec(K=4, kmeans="quick"), "kmeans must be one of auto, exact, fast, got 'quick'"),
+        (lambda: LayerSpec(K=4, kmeans=True), "kmeans must be one of auto, exact, fast, got True"),
         (lambda: CompressConfig(layers={"conv1": LayerSpec(K=0, p=2.0)}), "K must be"),
         (lambda: CompressConfig(layers={"conv1": {"K": 4}}), "layers.conv1 must be a LayerSpec or None"),
         (lambda: RegularizerConfig(lam=-1.0), "lam must be a finite number >= 0"),
@@ -111,6 +113,9 @@ def test_yaml_errors_name_the_file_and_key_path(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("compress: {layers: {conv1: {K: 4}, fc1: {K: 0}}}")
     with pytest.raises(ConfigError, match=r"c\.yaml: compress\.layers\.fc1\.K must be an integer >= 1, got 0"):
+        load_config(path)
+    path.write_text("compress: {layers: {conv1: {K: 4, kmeans: faster}}}")
+    with pytest.raises(ConfigError, match=r"c\.yaml: compress\.layers\.conv1\.kmeans must be one of auto, exact, fast"):
         load_config(path)
     path.write_text("retrain: {refresh_every: 0}")
     with pytest.raises(ConfigError, match=r"retrain\.refresh_every must be an integer >= 1"):

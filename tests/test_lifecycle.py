@@ -138,6 +138,35 @@ def test_one_seed_drives_penalty_and_compression() -> None:
     )
 
 
+@pytest.mark.parametrize("path", ["auto", "exact", "fast"])
+def test_the_kmeans_key_chooses_the_path_per_layer(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """``kmeans: fast|exact|auto`` reaches k-means for the penalty's first F and for compression alike; 'auto'
+    takes the fast path from FAST_MIN_ROWS rows (lowered here: stem has 72 rows of length 3, conv1 of
+    blocks.0 192)."""
+    from deepkmeans import plan as plan_module
+    from deepkmeans.cluster import quantize
+
+    monkeypatch.setattr(plan_module, "FAST_MIN_ROWS", 100)
+    calls: dict[int, list[bool]] = {}
+    real = quantize.kmeans
+
+    def spy(rows, k, **kwargs):
+        calls.setdefault(rows.shape[0], []).append(kwargs.get("fast", False))
+        return real(rows, k, **kwargs)
+
+    monkeypatch.setattr(quantize, "kmeans", spy)
+    torch.manual_seed(0)
+    config = CompressConfig(layers={"stem": LayerSpec(4, kmeans=path), "blocks.0.conv1": LayerSpec(4, kmeans=path)})
+    dkm = DeepKMeans(TinyResNet(), config, RegularizerConfig("kmeans", lam=0.1))
+    assert {name: pl.spec.kmeans for name, pl in dkm.plan.shared.items()} == {
+        "stem": "fast" if path == "fast" else "exact",
+        "blocks.0.conv1": "exact" if path == "exact" else "fast",
+    }
+    dkm.finalize()
+    assert calls[72] and set(calls[72]) == {path == "fast"}
+    assert calls[192] and set(calls[192]) == {path != "exact"}
+
+
 def test_penalty_is_zero_without_regularizer_and_finalize_inplace_closes() -> None:
     model = TinyResNet()
     for regularizer in (None, RegularizerConfig("none")):

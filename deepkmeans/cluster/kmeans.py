@@ -61,6 +61,18 @@ _GROWTH_ITER_FACTOR = 3
 # float32 unit roundoff; bounds the error of the distance GEMM (see _Lloyd.__init__).
 _U32 = 2.0**-24
 _INT32_MAX = 2**31 - 1
+# The fast path (``kmeans(..., fast=True)``): k-means++ and at most _FAST_ITER Lloyd iterations on a sample of
+# _FAST_PER_CENTER rows per center (faiss's defaults: 25 iterations, at most 256 rows per center), then one
+# exact assignment of every row. It is taken when N exceeds twice the sample; ``auto`` configs take it from
+# FAST_MIN_ROWS rows (see deepkmeans/plan.py).
+_FAST_PER_CENTER = 256
+_FAST_ITER = 25
+# k-means++ runs on the first _FAST_SEED_PER_CENTER rows per center of the sample: its greedy trials cost
+# (2 + log K) distance passes per center, more than all the Lloyd iterations on the whole sample.
+_FAST_SEED_PER_CENTER = 64
+FAST_MIN_ROWS = 2**19
+# Rows per block of the fast path's final assignment (float64 copies exist for one block at a time).
+_ASSIGN_ROWS = 2**16
 
 
 @dataclass(frozen=True)
@@ -76,7 +88,9 @@ class KMeansResult:
     inertia: float
 
 
-def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, tol: float = 1e-6) -> KMeansResult:
+def kmeans(
+    rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, tol: float = 1e-6, fast: bool = False
+) -> KMeansResult:
     """Cluster the ``(N, d)`` rows into ``k`` centers: k-means++ then Lloyd; for d == 1 the exact DP
     when ``k * N <= DP_MAX_WORK`` (distinct values), else a coarse exact DP polished by sorted Lloyd.
 
@@ -84,9 +98,20 @@ def kmeans(rows: torch.Tensor, k: int, *, seed: int = 0, max_iter: int = 100, to
     randomness). Lloyd stops when an iteration lowers the inertia by less than ``tol`` (relative), no
     assignment changes, or after ``max_iter`` iterations. Each row is assigned to its nearest returned
     center (float64 distance, ties to the lowest index).
+
+    ``fast``: when N is over twice ``_FAST_PER_CENTER * k``, the centers come from a random sample of that
+    many rows alone (for d == 1 its sorted 1-D k-means, else k-means++ and at most ``_FAST_ITER`` Lloyd
+    iterations), then every row is assigned exactly to its nearest returned center: one pass over the rows,
+    for an inertia a few percent above the exact path's. On fewer rows it is the exact path.
     """
     _validate(rows, k)
     n, d = rows.shape
+    if fast and k > 1 and n > 2 * _FAST_PER_CENTER * k:
+        generator = torch.Generator(device=rows.device)
+        generator.manual_seed(seed)
+        result = _cluster_fast(rows, k, generator, min(max_iter, _FAST_ITER), tol)
+        if result is not None:
+            return result
     if d == 1:
         return _cluster_1d(rows, k, exact=None, max_iter=max_iter, tol=tol)
     x = rows.detach().to(torch.float64)
@@ -151,7 +176,9 @@ def _validate(rows: torch.Tensor, k: int) -> None:
         raise ValueError(f"rows must be floating point, got {rows.dtype}")
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if not bool(torch.isfinite(rows).all()):
+    # In blocks of rows: torch.isfinite makes several temporaries of the input's size (~6x it on CPU).
+    step = max(1, _ASSIGN_ROWS * 16 // rows.shape[1])
+    if not all(bool(torch.isfinite(rows[start : start + step]).all()) for start in range(0, rows.shape[0], step)):
         raise ValueError("rows contain NaN or infinite values")
 
 
@@ -475,3 +502,118 @@ def _sample_centers(
         sample = x[torch.randint(x.shape[0], (size,), generator=generator, device=x.device)]
         centers = _Lloyd(sample, centers).run(_GROWTH_ITER_FACTOR * max_iter, tol)
     return centers
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast path: centers from a sample, then one exact assignment of every row
+
+
+def _cluster_fast(
+    rows: torch.Tensor, k: int, generator: torch.Generator, max_iter: int, tol: float
+) -> KMeansResult | None:
+    """Centers trained on ``_FAST_PER_CENTER * k`` random rows (with replacement), every row assigned exactly.
+    None when the sample has at most k distinct rows (the exact path then decides on all rows)."""
+    size = _FAST_PER_CENTER * k
+    sample = rows[torch.randint(rows.shape[0], (size,), generator=generator, device=rows.device)].detach()
+    if rows.shape[1] == 1:
+        centers = _cluster_1d(sample, k, exact=None, max_iter=max_iter, tol=tol).centers
+        if centers.shape[0] < k:
+            return None
+        return _assign_1d(rows, centers)
+    x = sample.to(torch.float64)
+    mean = x.mean(dim=0)
+    centered = x - mean
+    seeding = centered[: _FAST_SEED_PER_CENTER * k]
+    seeds = _seed(seeding, k, generator)
+    if seeds is None:
+        return None
+    lloyd = _Lloyd(centered, seeding[seeds])
+    out = (lloyd.run(max_iter, max(tol, _SAMPLE_TOL)) + mean).to(rows.dtype)
+    assignments, inertia = _assign(rows, out.to(torch.float64), mean)
+    return KMeansResult(out, assignments, inertia)
+
+
+def _assign_1d(rows: torch.Tensor, centers: torch.Tensor) -> KMeansResult:
+    """Each scalar row to its nearest center (float64, ties to the lowest index) in O(N log K), no sort of N."""
+    x = rows.detach().to(device="cpu", dtype=torch.float64).numpy()[:, 0]
+    exact = centers.to(device="cpu", dtype=torch.float64).numpy()[:, 0]
+    nearest = kmeans1d.nearest(x, exact)
+    inertia = float(np.square(x - exact[nearest]).sum())
+    assignments = torch.from_numpy(nearest.astype(np.int64, copy=False)).to(rows.device)
+    return KMeansResult(centers, assignments, inertia)
+
+
+def _assign(rows: torch.Tensor, centers: torch.Tensor, mean: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Exact nearest of the float64 ``centers`` for every row, and the inertia, a block of rows at a time.
+
+    A float32 GEMM search (on rows centered at ``mean``) gives each row's two nearest centers; rows whose
+    margin does not exceed the search's error bound get a float64 search of their own (:func:`_nearest_exact`).
+    Memory beyond the output is one block's float64 rows and its distance blocks, whatever N.
+    """
+    n, d = rows.shape
+    k = centers.shape[0]
+    index_bits = max(1, (k - 1).bit_length())
+    c = centers - mean
+    c32 = c.to(torch.float32)
+    pc = torch.cat([c32 * -2.0, torch.ones_like(c32[:, :1]), c32.square().sum(dim=1, keepdim=True)], dim=1)
+    lanes = torch.arange(k, dtype=torch.int32, device=rows.device).unsqueeze(1)
+    center_norm = float(c.square().sum(dim=1).max().sqrt())
+    slack = 1e-13 * float(mean.norm())
+    assignments = torch.empty(n, dtype=torch.int64, device=rows.device)
+    inertia = 0.0
+    for start in range(0, n, _ASSIGN_ROWS):
+        x = rows[start : start + _ASSIGN_ROWS].detach().to(torch.float64)
+        xc = x - mean
+        qt = torch.empty(d + 2, x.shape[0], dtype=torch.float32, device=rows.device)
+        qt[:d] = xc.T
+        qt[d] = qt[:d].square().sum(dim=0)
+        qt[d + 1] = 1.0
+        # Error bound of one float32 distance^2 from the GEMM (as in _Lloyd.__init__, with |c| bounded apart).
+        radius = (float(qt[d].max()) * (1.0 + 1e-6)) ** 0.5 + center_norm
+        gemm_error = max(radius * radius * (d + 8) * _U32, 1e-300)
+        first, second = _nearest_two_packed(pc, qt, lanes, index_bits)
+        block = first.bitwise_and(2**index_bits - 1).long()
+        due = _flatnonzero(~_certified(first, second, index_bits, gemm_error, slack))
+        if due.numel():
+            block.index_copy_(0, due, _nearest_exact(x.index_select(0, due), centers))
+        assignments[start : start + x.shape[0]] = block
+        inertia += float((x - centers.index_select(0, block)).square_().sum())
+    return assignments, inertia
+
+
+def _certified(
+    first: torch.Tensor, second: torch.Tensor, index_bits: int, gemm_error: float, slack: float
+) -> torch.Tensor:
+    """Rows whose packed nearest center is certainly nearest: the margin to the runner-up exceeds the error of
+    both distances (GEMM error, the cleared index bits, and ``slack`` for distances tied in float64). A
+    negative packed distance (a row within rounding of a center) is never certified."""
+    low = ~(2**index_bits - 1)
+    d1 = first.bitwise_and(low).view(torch.float32).sqrt_()
+    d2 = second.bitwise_and(low).view(torch.float32).sqrt_()
+    truncation = 2.0 ** (index_bits - 23) + 2.0**-20
+    bound = torch.div(gemm_error, d1).clamp_(max=gemm_error**0.5).add_(d2, alpha=truncation)
+    margin = torch.sub(d2, d1).sub_(bound, alpha=4.0).sub_(slack)
+    return (margin > 0) & (first >= 0)
+
+
+def _nearest_two_packed(
+    pc: torch.Tensor, qt: torch.Tensor, lanes: torch.Tensor, index_bits: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`_two_nearest` for the final assignment, in fewer passes over each distance block: no clamp
+    (a negative distance makes its row's packed minimum negative, and such rows are searched in float64), and
+    the runner-up as the minimum once the winner's entry is overwritten with the int32 maximum."""
+    k = pc.shape[0]
+    low = ~(2**index_bits - 1)
+    n = qt.shape[1]
+    first = torch.empty(n, dtype=torch.int32, device=pc.device)
+    second = torch.empty(n, dtype=torch.int32, device=pc.device)
+    step = max(1, _BLOCK_BYTES // (4 * k))
+    top = torch.full((1, step), _INT32_MAX, dtype=torch.int32, device=pc.device)
+    for start in range(0, n, step):
+        bits = torch.mm(pc, qt[:, start : start + step]).view(torch.int32)
+        bits.bitwise_and_(low).bitwise_or_(lanes)
+        best = torch.amin(bits, dim=0, out=first[start : start + step])
+        winner = best.bitwise_and(2**index_bits - 1).long().unsqueeze(0)
+        bits.scatter_(0, winner, top[:, : bits.shape[1]])
+        torch.amin(bits, dim=0, out=second[start : start + step])
+    return first, second

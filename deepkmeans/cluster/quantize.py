@@ -42,13 +42,15 @@ def cluster_rows(
     seed: int = 0,
     beta: float = 0.0,
     importance: torch.Tensor | None = None,
+    fast: bool = False,
 ) -> RowClustering:
     """Cluster ``rows`` into ``k`` centers exactly as compression does (k-means++, Lloyd, sparsity p), then, for
-    ``beta`` > 0 or an ``importance`` per weight, refine with :func:`refine_rate_distortion`.
+    ``beta`` > 0 or an ``importance`` per weight, refine with :func:`refine_rate_distortion`. ``fast``: the
+    rows outside the dominant cluster go to k-means' fast path (``kmeans(..., fast=True)``).
 
     Callers decide beforehand whether ``k >= N`` means "leave dense"; here ``k`` is honoured as given.
     """
-    base = _cluster_plain(rows, k, sparsity_p, seed)
+    base = _cluster_plain(rows, k, sparsity_p, seed, fast)
     if beta == 0 and importance is None:
         return base
     sparse = sparse_count(rows.shape[0], sparsity_p) if k > 1 else 0
@@ -56,7 +58,7 @@ def cluster_rows(
     return refine_rate_distortion(rows, base.assignments, k, beta, importance, frozen=frozen)
 
 
-def _cluster_plain(rows: torch.Tensor, k: int, sparsity_p: float, seed: int) -> RowClustering:
+def _cluster_plain(rows: torch.Tensor, k: int, sparsity_p: float, seed: int, fast: bool = False) -> RowClustering:
     if rows.ndim != 2 or rows.shape[0] == 0:
         raise ValueError(f"rows must be a non-empty (N, d) matrix, got shape {tuple(rows.shape)}")
     if k < 1:
@@ -66,12 +68,12 @@ def _cluster_plain(rows: torch.Tensor, k: int, sparsity_p: float, seed: int) -> 
     rows = rows.detach()
     sparse_idx, rest_idx = _split_sparse(rows, k, sparsity_p)
     if sparse_idx.numel() == 0:
-        result = kmeans(rows, k, seed=seed)
+        result = kmeans(rows, k, seed=seed, fast=fast)
         return RowClustering(result.centers, result.assignments)
     assignments = torch.zeros(rows.shape[0], dtype=torch.int64, device=rows.device)
     centers = [rows[sparse_idx].mean(dim=0, keepdim=True)]
     if rest_idx.numel() > 0:
-        rest = kmeans(rows[rest_idx], k - 1, seed=seed)
+        rest = kmeans(rows[rest_idx], k - 1, seed=seed, fast=fast)
         assignments[rest_idx] = rest.assignments + 1
         centers.append(rest.centers)
     return RowClustering(torch.cat(centers).to(rows.dtype), assignments)

@@ -92,7 +92,7 @@ class PenaltyState:
         before = spec.p * self.ramp_at(max(self.steps - self.config.refresh_every, 0))
         previous = self.state.get(name)
         if previous is None or split(p) != split(before):
-            return cluster_rows(rows, spec.K, p, seed=self.seeds[name], beta=spec.beta).assignments
+            return cluster_rows(rows, spec.K, p, seed=self.seeds[name], beta=spec.beta, fast=spec.fast).assignments
         return refine_rows(rows, previous, spec.K, p, beta=spec.beta).assignments
 
     def refresh(self) -> None:

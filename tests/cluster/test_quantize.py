@@ -93,3 +93,18 @@ def test_unordered_sparse_split_selects_the_same_rows(p: float) -> None:
     sparse, rest = _split_sparse(rows, 8, p)
     sparse_set, rest_ordered = _split_sparse(rows, 8, p, sparse_in_order=False)
     assert torch.equal(torch.sort(sparse).values, sparse_set) and torch.equal(rest, rest_ordered)
+
+
+def test_fast_path_clusters_the_rows_outside_the_dominant_cluster() -> None:
+    """With sparsity p the fast path sees exactly the rows the exact path would (the dominant cluster is split
+    off first), and its k - 1 centers follow the zero center."""
+    from deepkmeans.cluster.kmeans import kmeans
+
+    rows = torch.randn(12_000, 3, generator=torch.Generator().manual_seed(4))
+    sparse_idx, rest_idx = _split_sparse(rows, 5, 0.4)
+    fast = cluster_rows(rows, 5, 0.4, seed=2, fast=True)
+    expected = kmeans(rows[rest_idx], 4, seed=2, fast=True)
+    assert not torch.equal(expected.assignments, kmeans(rows[rest_idx], 4, seed=2).assignments)
+    assert torch.equal(fast.assignments[rest_idx], expected.assignments + 1)
+    assert torch.equal(fast.assignments[sparse_idx], torch.zeros(sparse_idx.numel(), dtype=torch.int64))
+    assert torch.equal(fast.centers[1:], expected.centers)
