@@ -77,6 +77,23 @@ def test_convnet_benchmark_compresses_third_party_weights_as_shipped(
     assert rendered.read_text() == page
 
 
+@pytest.mark.slow
+def test_convnet_table_rows_are_the_methods_list(
+    tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The typed list of methods alone decides what is run, tuned and tabled: with one method left in it, the table
+    holds that method's row only and only its family is tuned."""
+    convnet = _script("convnet")
+    monkeypatch.setattr(convnet, "METHODS", (convnet.B,))
+    argv = ["--quick", "--data-dir", str(mnist_dir), "--limit", "128", "--validation", "64", "--val-images", "64"]
+    argv += ["--targets", "4", "--ks", "4", "--ps", "0", "--work", str(tmp_path / "w"), "--out", str(tmp_path / "c.md")]
+    page = convnet.main(argv).read_text()
+    table = [line.split(" | ")[1] for line in page.splitlines() if line.startswith("| 4x |")]
+    assert table == [convnet.B.label]
+    assert sorted(p.name for p in (tmp_path / "w").glob("sens_*.json")) == ["sens_rows.json"]
+    assert sorted(p.name for p in (tmp_path / "w").glob("*.dkm")) == ["b_4x.dkm"]
+
+
 def test_macro_precision_and_recall_are_per_class_means() -> None:
     import torch
 
