@@ -15,7 +15,7 @@ from deepkmeans.models.lenet import LeNet5Caffe
 from deepkmeans.shared import share_
 
 META = {"name": "lenet5_caffe", "dataset": "mnist"}
-GOLDEN = Path(__file__).with_name("golden_tiny.dkm")
+GOLDEN = Path(__file__).with_name("golden_tiny_v2.dkm")
 GOLDEN_V1 = Path(__file__).with_name("golden_tiny_v1.dkm")
 
 
