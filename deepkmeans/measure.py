@@ -17,7 +17,7 @@ from torch import nn
 from deepkmeans.accounting import Accounting, account
 from deepkmeans.data import Batches
 from deepkmeans.errors import DeepKMeansError
-from deepkmeans.files.models import load, save
+from deepkmeans.files.models import load, save, stored_state
 from deepkmeans.shared import copy_module, materialize
 from deepkmeans.train import evaluate
 
@@ -30,7 +30,7 @@ class Measurement:
     test_loss: float
     accounting: Accounting
     path: str | None = None  # the file written and read back, if any
-    bitwise_equal: bool | None = None  # the model read back equals the one written, tensor for tensor
+    bitwise_equal: bool | None = None  # the model read back equals the one written (as stored), tensor for tensor
     val_acc: float | None = None  # accuracy on the validation split (held-out training images), if given
 
     @property
@@ -52,8 +52,7 @@ def model_device(model: nn.Module) -> torch.device:
     return param.device if param is not None else torch.device("cpu")
 
 
-def _same_state(a: nn.Module, b: nn.Module) -> bool:
-    sa, sb = a.state_dict(), b.state_dict()
+def _same_state(sa: dict[str, torch.Tensor], sb: dict[str, torch.Tensor]) -> bool:
     return sa.keys() == sb.keys() and all(
         sa[k].dtype == sb[k].dtype and torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa
     )
@@ -93,9 +92,10 @@ def measure(
     """Evaluate ``model`` on ``batches`` and account for its bits; ``model`` is left as it was.
 
     ``save_to``: write the compressed file there first (with ``meta``), read it back, and evaluate what was
-    read. ``file_bytes``: the size of the file ``model`` came from, when it was not written here.
-    ``device``: where to evaluate (a copy is moved there when the model lives elsewhere). ``val``: validation
-    batches (held-out training images) the same model is also evaluated on, for choices made without the test set.
+    read (its BatchNorm in the file's inference form: the same eval outputs, see ``save``). ``file_bytes``: the
+    size of the file ``model`` came from, when it was not written here. ``device``: where to evaluate (a copy is
+    moved there when the model lives elsewhere). ``val``: validation batches (held-out training images) the
+    same model is also evaluated on, for choices made without the test set.
     """
     for given, what in ((batches, "batches"), (val, "val")):
         if given is not None and hasattr(given, "__len__") and len(given) == 0:
@@ -104,7 +104,7 @@ def measure(
     if save_to is not None:
         file_bytes = save(model, save_to, meta)
         subject = load(save_to, model=materialize(model), materialize=False)
-        equal, path = _same_state(model, subject), str(save_to)
+        equal, path = _same_state(stored_state(model), subject.state_dict()), str(save_to)
     device = device or model_device(model)
     if model_device(subject) != device:
         subject = (copy_module(subject) if subject is model else subject).to(device)

@@ -50,7 +50,7 @@ def test_file_stores_narrow_tensors_and_reads_back_bit_for_bit(tmp_path: Path, b
     path = tmp_path / "m.dkm"
     save(model, path)
     data = path.read_bytes()
-    assert data[4:6] == (3).to_bytes(2, "little")  # narrow layers need format version 3
+    assert data[4:6] == (4).to_bytes(2, "little")
     meta, tensors = unpack(data)
     want = torch.float16 if bits == 16 else torch.uint8
     assert tensors["shared/fc/centers"].dtype == want and tensors["shared/fc/bias"].dtype == want
@@ -68,12 +68,6 @@ def test_file_stores_narrow_tensors_and_reads_back_bit_for_bit(tmp_path: Path, b
         assert torch.equal(centers, centers.half().float())
     else:
         assert len(set(loaded.fc.bias.tolist())) <= 5 and centers.unique().numel() <= 256
-
-
-def test_full_width_files_keep_format_version_2(tmp_path: Path) -> None:
-    path = tmp_path / "m.dkm"
-    save(_compressed(32), path)
-    assert path.read_bytes()[4:6] == (2).to_bytes(2, "little")
 
 
 def test_narrow_is_smaller_than_full_width(tmp_path: Path) -> None:

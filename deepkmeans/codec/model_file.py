@@ -14,12 +14,13 @@ import numpy as np
 import torch
 
 from deepkmeans.cluster import narrow
-from deepkmeans.codec.container import FORMAT_VERSION, pack, unpack
+from deepkmeans.codec.container import pack, unpack
 from deepkmeans.codec.entropy import decode_indexes, encode_indexes
 from deepkmeans.errors import DeepKMeansError, FormatError
 
 CENTER_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 HALF_DTYPES = (torch.float16, torch.bfloat16)  # 16-bit values: float16, or bfloat16 for a bfloat16 layer
+NORM_DTYPES = (torch.float32, torch.float16)
 
 
 @dataclass
@@ -70,13 +71,16 @@ class LayerCode:
 class CompressedModel:
     """Everything needed to rebuild the model: shared layers, all other tensors, ties, architecture.
 
-    ``aliases`` maps a state-dict key to the key of the tensor it is tied to (stored once).
+    ``aliases`` maps a state-dict key to the key of the tensor it is tied to (stored once). ``norms`` maps a
+    BatchNorm module to its inference form, a (2, C) tensor of per-channel ``[scale, shift]`` (float32 or
+    float16): its output in eval mode is ``x * scale + shift``, and its running statistics are not stored.
     """
 
     layers: dict[str, LayerCode]
     dense: dict[str, torch.Tensor]
     model: dict[str, Any] = field(default_factory=dict)
     aliases: dict[str, str] = field(default_factory=dict)
+    norms: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def _biases(self) -> dict[str, torch.Tensor]:
         return {f"{name}.bias": code.bias for name, code in self.layers.items() if code.bias is not None}
@@ -124,10 +128,8 @@ def weight_limit(file_bytes: int) -> int:
 
 
 def to_bytes(cm: CompressedModel) -> bytes:
-    """Serialize: centers in their dtype (or narrower), indexes rANS-coded, every other tensor raw, ties by name.
-
-    A file with a layer stored below 32 bits is format version 3; one without stays version 2, byte for byte.
-    """
+    """Serialize (format version 4): centers in their dtype (or narrower), indexes rANS-coded, BatchNorm in
+    inference form where ``cm.norms`` has it, every other tensor raw, ties by name."""
     tensors: dict[str, torch.Tensor] = {}
     layers_meta: dict[str, Any] = {}
     for name, code in cm.layers.items():
@@ -143,11 +145,12 @@ def to_bytes(cm: CompressedModel) -> bytes:
             tensors.update(_narrow_tensors(name, code))
     for name, tensor in cm.dense.items():
         tensors[f"dense/{name}"] = tensor.detach().cpu()
+    for name, tensor in cm.norms.items():
+        tensors[f"norm/{name}"] = tensor.detach().cpu()
     meta: dict[str, Any] = {"model": cm.model, "layers": layers_meta}
     if cm.aliases:
         meta["aliases"] = dict(cm.aliases)
-    narrow_file = any(code.bits < 32 for code in cm.layers.values())
-    data = pack(meta, tensors, version=FORMAT_VERSION if narrow_file else 2)
+    data = pack(meta, tensors)
     limit = weight_limit(len(data))
     if cm.shared_weights > limit:
         raise DeepKMeansError(
@@ -272,14 +275,32 @@ def _decode(meta: dict[str, Any], tensors: dict[str, torch.Tensor], source: str,
         except ValueError as exc:
             raise FormatError(f"{source}: layer {name!r}: {exc}") from None
     dense = {k[len("dense/") :]: v for k, v in tensors.items() if k.startswith("dense/")}
+    norms = _norms(tensors, source)
     keys = [*dense, *(f"{n}.weight" for name, code in layers.items() for n in (name, *code.tied))]
     keys += [f"{name}.bias" for name, code in layers.items() if code.bias is not None]
     if len(set(keys)) != len(keys):
         raise FormatError(f"{source}: a tensor is declared twice (shared, tied or dense)")
-    cm = CompressedModel(layers, dense, model, {})
+    clash = sorted(norms.keys() & {key.rpartition(".")[0] for key in keys})
+    if clash:
+        raise FormatError(f"{source}: BatchNorm {clash[0]!r} is stored both in inference form and tensor by tensor")
+    cm = CompressedModel(layers, dense, model, {}, norms)
     declared = cm.shapes()
     for alias, target in aliases.items():
-        if not isinstance(target, str) or target not in declared or alias in declared:
+        folded = alias.rpartition(".")[0] in norms
+        if not isinstance(target, str) or target not in declared or alias in declared or folded:
             raise FormatError(f"{source}: alias {alias!r} -> {target!r} names no tensor of the file or repeats one")
     cm.aliases = dict(aliases)
     return cm
+
+
+def _norms(tensors: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """The BatchNorm modules stored in inference form, each a (2, C) float32 or float16 ``[scale, shift]``."""
+    norms = {}
+    for key, tensor in tensors.items():
+        if not key.startswith("norm/"):
+            continue
+        name = key[len("norm/") :]
+        if not name or tensor.dtype not in NORM_DTYPES or tensor.ndim != 2 or tensor.shape[0] != 2:
+            raise FormatError(f"{source}: {key} must be a (2, channels) float32 or float16 tensor [scale, shift]")
+        norms[name] = tensor
+    return norms

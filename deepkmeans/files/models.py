@@ -1,18 +1,22 @@
 """Models to files and back: the compressed ``.dkm`` file (``save`` / ``load``) and training checkpoints.
 
 ``save`` writes a model whose layers were shared (:func:`deepkmeans.compress` or ``DeepKMeans.finalize``):
-centers, rANS-coded assignments and every other tensor. ``load`` rebuilds a runnable model, dense
-(``materialize=True``) or compact, with each shared layer holding only its centers and narrow indexes.
+centers, rANS-coded assignments, each BatchNorm in inference form (or tensor by tensor: ``batchnorm="full"``)
+and every other tensor. ``load`` rebuilds a runnable model, dense (``materialize=True``) or compact, with each
+shared layer holding only its centers and narrow indexes.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from deepkmeans.codec import model_file
 from deepkmeans.codec.container import MAGIC
@@ -28,9 +32,65 @@ def _tensor_key(t: torch.Tensor) -> tuple:
     return (t.data_ptr(), t.dtype, tuple(t.shape), t.stride())
 
 
-def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> CompressedModel:
-    """The data form of a model with shared layers: codes, every other tensor once (ties become aliases),
-    and ``meta`` (e.g. its name)."""
+BATCHNORM_FORMS = ("inference", "half", "full")
+_NORM_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def unit_variance(eps: float) -> float | None:
+    """A float32 ``v`` with ``v + eps == 1`` in float32, so a BatchNorm with running_var ``v`` divides by exactly 1
+    (None when ``eps`` is outside [0, 1))."""
+    if not 0.0 <= eps < 1.0:
+        return None
+    one, e = np.float32(1.0), np.float32(eps)
+    near = one - e  # within half a unit in the last place of the answer, if there is one
+    for v in (near, np.nextafter(near, np.float32(0)), np.nextafter(near, np.float32(2))):
+        if v > 0 and v + e == one:
+            return float(v)
+    return None
+
+
+def _foldable(module: nn.Module) -> bool:
+    """A float32 BatchNorm with affine parameters, running statistics and an eps a unit variance exists for."""
+    if not isinstance(module, nn.modules.batchnorm._BatchNorm) or not module.affine:
+        return False
+    if not module.track_running_stats or module.running_mean is None or unit_variance(module.eps) is None:
+        return False
+    tensors = (module.weight, module.bias, module.running_mean, module.running_var)
+    return all(t.dtype == torch.float32 for t in tensors)
+
+
+@torch.no_grad()
+def inference_form(module: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """``[scale, shift]`` (2, C) float32 of a BatchNorm in eval mode: the per-channel linear map PyTorch's CPU
+    kernel applies, scale as it computes it and shift taken from the kernel itself (the output for a zero input),
+    so a module holding weight = scale, bias = shift, running_mean = 0 and a unit variance computes the same bits."""
+    weight, bias = module.weight.detach().cpu(), module.bias.detach().cpu()
+    mean, var = module.running_mean.cpu(), module.running_var.cpu()
+    one, eps = np.float32(1.0), np.float32(module.eps)  # float32 steps, each rounded as the kernel rounds it
+    scale = torch.from_numpy(one / np.sqrt(var.numpy() + eps) * weight.numpy())
+    shift = F.batch_norm(torch.zeros(1, weight.numel()), mean, var, weight, bias, False, 0.0, module.eps)[0]
+    return torch.stack([scale, shift])
+
+
+def _batchnorm_forms(model: nn.Module, batchnorm: str) -> dict[str, torch.Tensor]:
+    """The BatchNorm modules ``batchnorm`` stores in inference form, none of whose tensors is tied elsewhere."""
+    counts = Counter(_tensor_key(t) for t in model.state_dict().values() if t.numel())
+    taken = {key for key, n in counts.items() if n > 1}
+    if batchnorm not in BATCHNORM_FORMS:
+        raise ConfigError(f"batchnorm must be one of {', '.join(BATCHNORM_FORMS)}, got {batchnorm!r}")
+    if batchnorm == "full":
+        return {}
+    dtype = torch.float16 if batchnorm == "half" else torch.float32
+    forms = {}
+    for name, module in model.named_modules():
+        if _foldable(module) and not {_tensor_key(t) for t in module.state_dict().values() if t.numel()} & taken:
+            forms[name] = inference_form(module).to(dtype)
+    return forms
+
+
+def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None, batchnorm: str = "full") -> CompressedModel:
+    """The data form of a model with shared layers: codes, BatchNorm in the form ``batchnorm`` names (see
+    :func:`save`), every other tensor once (ties become aliases), and ``meta`` (e.g. its name)."""
     codes = {}
     modules = dict(model.named_modules())
     skip = shared_state_keys(model)
@@ -56,7 +116,10 @@ def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> Compr
     dense: dict[str, torch.Tensor] = {}
     aliases: dict[str, str] = {}
     first: dict[tuple, str] = {}
-    for key, tensor in model.state_dict().items():
+    state = model.state_dict()
+    norms = _batchnorm_forms(model, batchnorm)
+    skip |= {f"{name}.{key}" for name in norms for key in _NORM_KEYS}
+    for key, tensor in state.items():
         if key in skip:
             continue
         if tensor.numel() and _tensor_key(tensor) in first:
@@ -64,19 +127,43 @@ def to_compressed(model: nn.Module, meta: dict[str, Any] | None = None) -> Compr
             continue
         first.setdefault(_tensor_key(tensor), key)
         dense[key] = tensor.detach().cpu()
-    return CompressedModel(codes, dense, dict(meta or {}), aliases)
+    return CompressedModel(codes, dense, dict(meta or {}), aliases, norms)
 
 
-def save(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None, name: str | None = None) -> int:
+def default_batchnorm(model: nn.Module) -> str:
+    """``half`` when every shared layer is stored at 16 or 8 bits, else ``inference``."""
+    layers = shared_layers(model).values()
+    return "half" if layers and all(layer.param.bits < 32 for layer in layers) else "inference"
+
+
+def stored_state(model: nn.Module, batchnorm: str | None = None) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as the file ``save(model, ..., batchnorm=batchnorm)`` writes reads back: each
+    BatchNorm stored in inference form holds its scale, shift and unit variance instead of its statistics."""
+    cm = CompressedModel({}, {}, norms=_batchnorm_forms(model, batchnorm or default_batchnorm(model)))
+    return model.state_dict() | _norm_states(cm, model, "model")
+
+
+def save(
+    model: nn.Module,
+    path: str | Path,
+    meta: dict[str, Any] | None = None,
+    name: str | None = None,
+    batchnorm: str | None = None,
+) -> int:
     """Write ``model`` (shared layers as centers + coded indexes) to a compressed file atomically; returns its
     size in bytes. ``meta`` is stored with it; ``name`` (or ``meta["name"]``) names the built-in architecture
-    ``load`` and the command line rebuild without a ``model=``."""
+    ``load`` and the command line rebuild without a ``model=``.
+
+    ``batchnorm``: ``"inference"`` stores each float32 BatchNorm as a per-channel scale and shift (float32; the
+    model read back computes the same eval outputs, but its running statistics are gone: training it further
+    starts from the folded form); ``"half"`` the same in float16 (the default when every shared layer is stored
+    at 16 or 8 bits, else ``"inference"``); ``"full"`` every BatchNorm tensor as it is (lossless)."""
     meta = dict(meta or {})
     if name is not None:
         model_info(name)  # an unknown name fails here, before a file names it
         meta["name"] = name
     check_writable(path)
-    cm = to_compressed(model, meta)
+    cm = to_compressed(model, meta, batchnorm or default_batchnorm(model))
     _check_named(cm, meta.get("name"), name is not None)
     return save_compressed(cm, path)
 
@@ -86,7 +173,7 @@ def _check_named(cm: CompressedModel, name: Any, required: bool) -> None:
     shapes. ``required``: the name was given as ``name=`` (a ``meta`` name that is no built-in one is a label)."""
     if not isinstance(name, str) or (not required and name not in MODELS):
         return
-    misfit = _misfit(cm, build_model(name))
+    misfit = _misfit(cm, build_model(name), f"name={name!r}")
     if misfit:
         raise ConfigError(f"name={name!r}: the model is not a {name} ({misfit})")
 
@@ -117,15 +204,15 @@ def _check_shapes(cm: CompressedModel, model: nn.Module, source: str) -> None:
     """Compare declared shapes with the model before expanding anything (a hostile file stays cheap)."""
     if shared_layers(model):
         raise DeepKMeansError(f"{source}: pass a plain (not compressed) instance of the architecture as model=")
-    misfit = _misfit(cm, model)
+    misfit = _misfit(cm, model, source)
     if misfit:
         raise FormatError(f"{source}: tensors do not fit the model ({misfit})")
 
 
-def _misfit(cm: CompressedModel, model: nn.Module) -> str:
+def _misfit(cm: CompressedModel, model: nn.Module, source: str) -> str:
     """How the tensors ``cm`` declares differ from ``model``'s state dict ('' when they fit)."""
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    declared = cm.shapes()
+    declared = cm.shapes() | {k: tuple(v.shape) for k, v in _norm_states(cm, model, source).items()}
     if declared.keys() != expected.keys():
         missing = sorted(expected.keys() - declared.keys())[:3]
         extra = sorted(declared.keys() - expected.keys())[:3]
@@ -134,6 +221,22 @@ def _misfit(cm: CompressedModel, model: nn.Module) -> str:
         if shape != expected[key]:
             return f"{key} is {shape}, the architecture has {expected[key]}"
     return ""
+
+
+def _norm_states(cm: CompressedModel, model: nn.Module, source: str) -> dict[str, torch.Tensor]:
+    """The state of each BatchNorm the file stores in inference form: weight = scale, bias = shift,
+    running_mean = 0, running_var = a unit variance for the module's eps, num_batches_tracked = 0."""
+    modules = dict(model.named_modules())
+    state = {}
+    for name, form in cm.norms.items():
+        module = modules.get(name)
+        if module is None or not _foldable(module) or module.num_features != form.shape[1]:
+            raise FormatError(f"{source}: {name!r} stored in inference form is no BatchNorm of that width here")
+        scale, shift = form.to(torch.float32).unbind()
+        variance = torch.full_like(scale, unit_variance(module.eps))
+        values = (scale, shift, torch.zeros_like(scale), variance, torch.zeros((), dtype=torch.long))
+        state.update({f"{name}.{key}": value for key, value in zip(_NORM_KEYS, values, strict=True)})
+    return state
 
 
 def _architecture(cm: CompressedModel, source: str) -> nn.Module:
@@ -156,7 +259,7 @@ def rebuild(
     source = source or "compressed model"
     model = _architecture(cm, source) if model is None else model
     _check_shapes(cm, model, source)
-    state = cm.state_dict() if materialize else cm.state_dict_dense()
+    state = (cm.state_dict() if materialize else cm.state_dict_dense()) | _norm_states(cm, model, source)
     missing, unexpected = model.load_state_dict(state, strict=False)
     shared_keys = {f"{n}.weight" for name, code in cm.layers.items() for n in (name, *code.tied)}
     if unexpected or set(missing) != (set() if materialize else shared_keys):

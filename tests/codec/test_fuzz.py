@@ -1,9 +1,10 @@
 """Seeded fuzzing of the compressed-file reader: any input is a one-line FormatError or a runnable model.
 
-Seed files come from ``compress`` + ``save``. Each case mutates one seed: raw byte edits that
-the CRC-32 catches, and structured edits of the safetensors payload (tensor table, tensor bytes,
-metadata JSON) after which the header's CRC-32 and length are recomputed, so only validation stops
-them. ``DEEPKMEANS_FUZZ_CASES`` sets the number of cases; case ``i`` is reproducible on its own.
+Seed files come from ``compress`` + ``save`` (format version 4). Each case mutates one seed: raw byte
+edits that the CRC-32 catches, and structured edits of the payload (its two lengths, the deflated metadata,
+the tensor table, tensor bytes, metadata JSON) after which the header's CRC-32 and length are recomputed,
+so only validation stops them. ``DEEPKMEANS_FUZZ_CASES`` sets the number of cases; case ``i`` is reproducible on
+its own.
 """
 
 from __future__ import annotations
@@ -31,13 +32,12 @@ import torch
 
 from deepkmeans import compress, load, save
 from deepkmeans.cli import main
-from deepkmeans.codec.container import FORMAT_VERSION, HEADER_SIZE, MAGIC, META_KEY
+from deepkmeans.codec.container import FORMAT_VERSION, HEADER_SIZE, MAGIC, TABLE_KEY
 from deepkmeans.codec.model_file import MIN_WEIGHT_LIMIT
 from deepkmeans.config import CompressConfig, LayerSpec
 from deepkmeans.errors import FormatError
 from deepkmeans.files.models import load_compressed
 from deepkmeans.models import MODELS
-from deepkmeans.models.lenet import LeNet5Caffe
 
 N_CASES = int(os.environ.get("DEEPKMEANS_FUZZ_CASES", "200"))
 BASE_SEED = 20180710
@@ -65,6 +65,12 @@ SEED_CONFIGS = [
         seed=2,
     ),
 ]
+
+# a model with BatchNorm, stored in inference form (norm/<module> tensors)
+BATCHNORM_SEED = (
+    "resnet20_mnist",
+    CompressConfig(layers={"*conv*": LayerSpec(4, 0.5), "linear": LayerSpec(4)}, seed=3),
+)
 
 DTYPE_NAMES = {
     np.dtype(np.float64): "F64",
@@ -136,32 +142,23 @@ class Seed:
 
 def parse_seed(data: bytes) -> Seed:
     """Split a file written by ``save`` into arrays + metadata (trusted input, no validation)."""
-    payload = data[HEADER_SIZE:]
-    (header_len,) = struct.unpack_from("<Q", payload)
-    header = json.loads(payload[8 : 8 + header_len])
-    meta = json.loads(header.pop("__metadata__")[META_KEY])
-    body = payload[8 + header_len :]
+    deflated_len, _ = struct.unpack_from("<II", data, HEADER_SIZE)
+    start = HEADER_SIZE + 8
+    meta = json.loads(zlib.decompress(data[start : start + deflated_len]))
+    body = data[start + deflated_len :]
     names = {v: k for k, v in DTYPE_NAMES.items()}
-    arrays = {}
-    for name, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
-        start, end = entry["data_offsets"]
-        arrays[name] = np.frombuffer(body[start:end], dtype=names[entry["dtype"]]).reshape(entry["shape"]).copy()
+    arrays, offset = {}, 0
+    for name, dtype, shape in meta.pop(TABLE_KEY):
+        count = math.prod(shape)
+        arrays[name] = np.frombuffer(body, dtype=names[dtype], count=count, offset=offset).reshape(shape).copy()
+        offset += count * arrays[name].itemsize
     return Seed(data, arrays, meta)
 
 
-def layout(arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], bytes]:
-    """Safetensors tensor table + byte buffer for ``arrays``, consistent by construction."""
-    entries: dict[str, Any] = {}
-    buf = bytearray()
-    for name, arr in arrays.items():
-        raw = np.ascontiguousarray(arr).tobytes()
-        entries[name] = {
-            "dtype": DTYPE_NAMES[arr.dtype],
-            "shape": list(arr.shape),
-            "data_offsets": [len(buf), len(buf) + len(raw)],
-        }
-        buf += raw
-    return entries, bytes(buf)
+def layout(arrays: dict[str, np.ndarray]) -> tuple[list[Any], bytes]:
+    """Tensor table + data bytes for ``arrays``, consistent by construction."""
+    table = [[name, DTYPE_NAMES[arr.dtype], list(arr.shape)] for name, arr in arrays.items()]
+    return table, b"".join(np.ascontiguousarray(arr).tobytes() for arr in arrays.values())
 
 
 def meta_doc(meta: Any) -> str:
@@ -169,15 +166,16 @@ def meta_doc(meta: Any) -> str:
     return json.dumps(meta, sort_keys=True, separators=(",", ":"), allow_nan=True)
 
 
-def payload_bytes(entries: dict[str, Any], body: bytes, doc: str | None, header_text: bytes | None = None) -> bytes:
-    """A safetensors payload; ``header_text`` replaces the JSON header verbatim when given."""
-    if header_text is None:
-        header = dict(entries)
-        if doc is not None:
-            header["__metadata__"] = {META_KEY: doc}
-        header_text = json.dumps(header, allow_nan=True).encode()
-        header_text += b" " * (-len(header_text) % 8)
-    return struct.pack("<Q", len(header_text)) + header_text + body
+def payload_bytes(text: bytes, body: bytes, meta_len: int | None = None, deflated: bytes | None = None) -> bytes:
+    """A version-4 payload: the lengths, ``text`` deflated (or ``deflated`` verbatim), then ``body``."""
+    deflated = zlib.compress(text) if deflated is None else deflated
+    meta_len = len(text) if meta_len is None else meta_len
+    return struct.pack("<II", len(deflated) % 2**32, meta_len % 2**32) + deflated + body
+
+
+def with_table(meta: Any, table: Any) -> bytes:
+    """The metadata document text with ``table`` as its tensor table."""
+    return meta_doc({**meta, TABLE_KEY: table}).encode()
 
 
 def container(
@@ -198,8 +196,8 @@ def container(
 
 def build(arrays: dict[str, np.ndarray], meta: Any) -> bytes:
     """A well-formed container around (possibly inconsistent) arrays and metadata."""
-    entries, body = layout(arrays)
-    return container(payload_bytes(entries, body, meta_doc(meta)))
+    table, body = layout(arrays)
+    return container(payload_bytes(with_table(meta, table), body))
 
 
 # --- mutators: (rng, seed) -> (description, file bytes) ------------------------------------------------
@@ -276,59 +274,69 @@ def payload_edit(rng: random.Random, seed: Seed) -> tuple[str, bytes]:
     return f"payload {desc}", container(payload)
 
 
+def _parts(seed: Seed) -> tuple[bytes, bytes]:
+    """The seed's inflated metadata text and its data bytes."""
+    deflated_len, _ = struct.unpack_from("<II", seed.data, HEADER_SIZE)
+    start = HEADER_SIZE + 8
+    return zlib.decompress(seed.data[start : start + deflated_len]), seed.data[start + deflated_len :]
+
+
 def header_text_edit(rng: random.Random, seed: Seed) -> tuple[str, bytes]:
-    """Scribble inside the safetensors JSON header, keeping its declared length (CRC recomputed)."""
-    payload = bytearray(seed.data[HEADER_SIZE:])
-    (header_len,) = struct.unpack_from("<Q", payload)
+    """Scribble inside the metadata text before deflating it (CRC and lengths recomputed)."""
+    text, body = _parts(seed)
+    buf = bytearray(text)
     alphabet = b'{}[]",:-0123456789eE.aNInfinity \\/\x00\xff'
-    spots = _positions(rng, 8 + header_len, rng.randint(1, 6), 8)
+    spots = _positions(rng, len(buf), rng.randint(1, 6))
     for pos in spots:
-        payload[pos] = rng.choice(alphabet)
-    return f"header text bytes at {spots}", container(bytes(payload))
+        buf[pos] = rng.choice(alphabet)
+    return f"metadata text bytes at {spots}", container(payload_bytes(bytes(buf), body))
 
 
 def header_len_edit(rng: random.Random, seed: Seed) -> tuple[str, bytes]:
-    """Wrong safetensors header length: zero, off by a few, past the end, astronomically large."""
-    payload = bytearray(seed.data[HEADER_SIZE:])
-    (header_len,) = struct.unpack_from("<Q", payload)
-    value = rng.choice(
-        [0, 1, 2, header_len - rng.randint(1, 8), header_len + rng.randint(1, 8), len(payload), 2**63, 2**64 - 1]
-    )
-    struct.pack_into("<Q", payload, 0, value % 2**64)
-    return f"safetensors header length={value}", container(bytes(payload))
+    """Wrong lengths: of the deflated metadata or of the inflated text (zero, off by a few, huge), or a
+    deflate stream edited in place."""
+    text, body = _parts(seed)
+    deflated = zlib.compress(text)
+    field = rng.choice(["deflated", "inflated", "stream"])
+    if field == "stream":
+        desc, edited = _edit_bytes(rng, deflated)
+        return f"deflate stream {desc}", container(payload_bytes(text, body, deflated=edited))
+    size = len(deflated) if field == "deflated" else len(text)
+    value = rng.choice([0, 1, size - rng.randint(1, 8), size + rng.randint(1, 8), 2**24 + 1, 2**32 - 1])
+    payload = bytearray(payload_bytes(text, body))
+    struct.pack_into("<I", payload, 0 if field == "deflated" else 4, value % 2**32)
+    return f"{field} metadata length={value}", container(bytes(payload))
 
 
 def tensor_entry(rng: random.Random, seed: Seed) -> tuple[str, bytes]:
-    """Inconsistent tensor table entry (dtype, shape, offsets), data buffer unchanged."""
-    entries, body = layout(seed.arrays)
-    name = rng.choice(sorted(entries))
-    entry = entries[name]
-    key = rng.choice(["dtype", "shape", "data_offsets", "drop"])
+    """Inconsistent tensor table entry (name, dtype, shape), data bytes unchanged."""
+    table, body = layout(seed.arrays)
+    index = rng.randrange(len(table))
+    entry = table[index]
+    key = rng.choice(["name", "dtype", "shape", "drop", "extra"])
     if key == "drop":
-        del entry[rng.choice(["dtype", "shape", "data_offsets"])]
-        return f"{name}: entry field removed", container(payload_bytes(entries, body, meta_doc(seed.meta)))
-    if key == "dtype":
-        entry["dtype"] = rng.choice(list(DTYPE_NAMES.values()) + EXTRA_DTYPE_NAMES)
-    elif key == "shape":
-        entry["shape"] = rng.choice(
+        del entry[rng.randrange(3)]
+    elif key == "extra":
+        entry.append(rng.choice(evil_values(rng)))
+    elif key == "name":
+        entry[0] = rng.choice([table[(index + 1) % len(table)][0], "", "norm/conv1", rng.choice(evil_values(rng))])
+    elif key == "dtype":
+        entry[1] = rng.choice(list(DTYPE_NAMES.values()) + EXTRA_DTYPE_NAMES + [rng.choice(evil_values(rng))])
+    else:
+        entry[2] = rng.choice(
             [
                 [],
                 [0],
                 [-1],
                 [rng.choice(HUGE)],
                 [2**32, 2**32],
-                [rng.randint(1, 10) for _ in range(rng.randint(1, 6))],
-                list(reversed(entry["shape"])) + [2],
+                [rng.randint(1, 10) for _ in range(rng.randint(1, 9))],
+                list(reversed(entry[2])) + [2],
                 rng.choice(evil_values(rng)),
             ]
         )
-    else:
-        start, end = entry["data_offsets"]
-        entry["data_offsets"] = rng.choice(
-            [[end, start], [start, end + 4], [start - 4, end], [-1, end], [start, rng.choice(HUGE)], [0, 0], [start]]
-        )
-    desc = f"{name}: {key}={json.dumps(entry.get(key), allow_nan=True)[:80]}"
-    return desc, container(payload_bytes(entries, body, meta_doc(seed.meta)))
+    desc = f"table[{index}] {key}: {json.dumps(entry, allow_nan=True)[:80]}"
+    return desc, container(payload_bytes(with_table(seed.meta, table), body))
 
 
 def _retyped(rng: random.Random, arr: np.ndarray) -> np.ndarray:
@@ -522,33 +530,30 @@ def layer_semantics(rng: random.Random, seed: Seed) -> tuple[str, bytes]:
 
 
 def meta_document(rng: random.Random, seed: Seed) -> tuple[str, bytes]:
-    """The metadata document itself is not what it should be: not JSON, not an object, too deep, absent."""
-    entries, body = layout(seed.arrays)
-    kind = rng.choice(["garbage", "not object", "deep", "nan", "huge number", "no metadata", "no key", "non-string"])
+    """The metadata document itself is not what it should be: not JSON, not an object, too deep, no table."""
+    table, body = layout(seed.arrays)
+    kind = rng.choice(["garbage", "not object", "deep", "nan", "huge number", "no table", "table not a list"])
     if kind == "garbage":
-        doc = meta_doc(seed.meta)
+        doc = with_table(seed.meta, table).decode()
         pos = rng.randrange(len(doc))
         text = doc[:pos] + rng.choice(["", "}", "{", "\\", '"', "\x00", "NaN", "\ud800"]) + doc[pos + 1 :]
-        return f"metadata text edited at {pos}", container(payload_bytes(entries, body, text))
+        return f"metadata text edited at {pos}", container(payload_bytes(text.encode(errors="surrogatepass"), body))
     if kind == "not object":
-        text = rng.choice(["[]", "1", '"x"', "null", "true", "NaN", "[" + meta_doc(seed.meta) + "]"])
-        return f"metadata {text[:20]}", container(payload_bytes(entries, body, text))
+        text = rng.choice(["[]", "1", '"x"', "null", "true", "NaN", "[" + with_table(seed.meta, table).decode() + "]"])
+        return f"metadata {text[:20]}", container(payload_bytes(text.encode(), body))
     if kind == "deep":
         depth = rng.choice([10_000, 100_000, 1_000_000])
-        text = '{"layers":' + "[" * depth + "]" * depth + "}"
-        return f"metadata nested {depth} deep", container(payload_bytes(entries, body, text))
+        text = '{"tensors":[],"layers":' + "[" * depth + "]" * depth + "}"
+        return f"metadata nested {depth} deep", container(payload_bytes(text.encode(), body))
     if kind == "nan":
-        return "metadata NaN", build(seed.arrays, {**seed.meta, "layers": math.nan})
+        return "metadata NaN", container(payload_bytes(with_table({**seed.meta, "layers": math.nan}, table), body))
     if kind == "huge number":
-        text = '{"layers":{},"model":{"name":"lenet5_caffe","x":1' + "0" * 10_000 + "}}"
-        return "metadata 10001-digit number", container(payload_bytes(entries, body, text))
-    header: dict[str, Any] = dict(entries)
-    if kind == "no key":
-        header["__metadata__"] = {"other": meta_doc(seed.meta)}
-    elif kind == "non-string":
-        header["__metadata__"] = {META_KEY: seed.meta}
-    text = json.dumps(header).encode()
-    return f"metadata {kind}", container(payload_bytes(entries, body, None, header_text=text))
+        text = '{"tensors":[],"layers":{},"model":{"name":"lenet5_caffe","x":1' + "0" * 10_000 + "}}"
+        return "metadata 10001-digit number", container(payload_bytes(text.encode(), body))
+    if kind == "no table":
+        return "metadata without a table", container(payload_bytes(meta_doc(seed.meta).encode(), body))
+    table_value = rng.choice([{}, "x", 1, None, {"a": table}])
+    return f"table {table_value!r:.20}", container(payload_bytes(with_table(seed.meta, table_value), body))
 
 
 MUTATORS: dict[str, Mutator] = {
@@ -556,8 +561,8 @@ MUTATORS: dict[str, Mutator] = {
     "append": append_junk,
     "container header": header_field,
     "payload edit (crc fixed)": payload_edit,
-    "safetensors header text": header_text_edit,
-    "safetensors header length": header_len_edit,
+    "metadata text": header_text_edit,
+    "metadata lengths": header_len_edit,
     "tensor entry": tensor_entry,
     "tensor recast": tensor_recast,
     "tensor values": tensor_values,
@@ -601,14 +606,18 @@ def run_case(path: Path, data: bytes) -> str:
 
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[Seed]:
-    """Valid files from LeNet-5-Caffe with K=1, d=1, sparsity p and a layer left dense."""
+    """Valid files from LeNet-5-Caffe with K=1, d=1, sparsity p and a layer left dense, and a ResNet-20 whose
+    BatchNorm layers are stored in inference form."""
     out = []
-    for i, config in enumerate(SEED_CONFIGS):
+    for i, (name, config) in enumerate([*(("lenet5_caffe", c) for c in SEED_CONFIGS), BATCHNORM_SEED]):
         torch.manual_seed(i)
-        shared = compress(LeNet5Caffe(), config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            shared = compress(MODELS[name].factory(), config)
         path = tmp_path_factory.mktemp("seeds") / f"seed{i}.dkm"
-        save(shared, path, {"name": "lenet5_caffe", "dataset": "mnist"})
+        save(shared, path, {"name": name, "dataset": "mnist"})
         out.append(parse_seed(path.read_bytes()))
+    assert any(key.startswith("norm/") for key in out[-1].arrays)
     return out
 
 
