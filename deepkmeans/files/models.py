@@ -231,7 +231,10 @@ def _norm_states(cm: CompressedModel, model: nn.Module, source: str) -> dict[str
     for name, form in cm.norms.items():
         module = modules.get(name)
         if module is None or not _foldable(module) or module.num_features != form.shape[1]:
-            raise FormatError(f"{source}: {name!r} stored in inference form is no BatchNorm of that width here")
+            raise FormatError(
+                f"{source}: tensors do not fit the model ({name!r} is stored as a BatchNorm in inference form,"
+                " and the model has no BatchNorm of that width there)"
+            )
         scale, shift = form.to(torch.float32).unbind()
         variance = torch.full_like(scale, unit_variance(module.eps))
         values = (scale, shift, torch.zeros_like(scale), variance, torch.zeros((), dtype=torch.long))
